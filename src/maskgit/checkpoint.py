@@ -1,0 +1,153 @@
+"""Checkpoints: safetensors weights with the model config inside, written atomically.
+
+A model file holds the weights and, in its safetensors metadata, `kind` (tokenizer or
+transformer) and `config` (JSON of the config dataclass), so loading needs nothing else.
+Training state (optimiser, scheduler, RNG, step) lives beside it in a `.state.pt` file
+loaded with `weights_only=True`, so no checkpoint ever runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from maskgit.config import ConfigError, TokenizerConfig, TransformerConfig, from_dict, to_dict
+from maskgit.tokenizer.model import VQGAN
+from maskgit.transformer import BidirectionalTransformer
+
+MODEL_KINDS: dict[str, tuple[type, type]] = {
+    "tokenizer": (TokenizerConfig, VQGAN),
+    "transformer": (TransformerConfig, BidirectionalTransformer),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, of another kind, or does not match."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, fsync, then rename onto `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _kind_of(model: nn.Module) -> str:
+    for kind, (_, cls) in MODEL_KINDS.items():
+        if isinstance(model, cls):
+            return kind
+    raise TypeError(f"cannot save a {type(model).__name__}: expected VQGAN or transformer")
+
+
+def save_model(
+    model: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Write `model` (weights + config) to a safetensors file atomically; `dtype` casts floats."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[name] = tensor.contiguous()
+    metadata = {"kind": _kind_of(model), "config": json.dumps(to_dict(model.cfg)), **(extra or {})}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a model file; CheckpointError names the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if metadata.get("kind") not in MODEL_KINDS or "config" not in metadata:
+        raise CheckpointError(f"{path}: safetensors file without maskgit kind/config metadata")
+    return metadata
+
+
+def load_model(
+    path: str | Path, expected_kind: str | None = None, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """Rebuild a model from its file alone (config from the metadata), in eval mode, fp32."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    kind = metadata["kind"]
+    if expected_kind is not None and kind != expected_kind:
+        raise CheckpointError(f"{path}: holds a {kind}, expected a {expected_kind}")
+    config_cls, model_cls = MODEL_KINDS[kind]
+    try:
+        cfg = from_dict(config_cls, json.loads(metadata["config"]))
+        model = model_cls(cfg)
+    except (ConfigError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid config in checkpoint ({exc})") from exc
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt weights ({exc})") from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    load_weights(model, state, path)
+    return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load a state dict strictly; a missing, extra or misshapen tensor names the file."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != own[name].shape:
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
+                f"the config expects {tuple(own[name].shape)}"
+            )
+    model.load_state_dict(state)
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    """Write a training-state dict (tensors, numbers, strings, lists) atomically."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a training-state dict safely (weights_only); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: training state not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise CheckpointError(f"{path}: unreadable training state ({exc})") from exc

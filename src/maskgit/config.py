@@ -1,0 +1,363 @@
+"""Configuration dataclasses, presets, YAML files and `key=value` overrides.
+
+One dataclass per model (TokenizerConfig, TransformerConfig) travels inside every checkpoint;
+TrainingConfig describes one training loop. An unknown key or a value of the wrong type is an
+error that names the key and the valid keys. This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+@dataclass
+class TokenizerConfig:
+    """VQGAN tokenizer: conv encoder -> vector quantiser -> conv decoder."""
+
+    image_size: int = 64
+    in_channels: int = 3
+    base_channels: int = 64
+    # One entry per resolution; the encoder halves the resolution between entries, so the
+    # downsample factor is 2 ** (len(channel_mult) - 1).
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    latent_dim: int = 256  # encoder output channels
+    codebook_size: int = 1024
+    code_dim: int = 256  # quantiser lookup dimension (low-dim lookup when < latent_dim)
+    l2_normalize: bool = False  # cosine-similarity lookup on the unit sphere
+    beta: float = 0.25  # commitment weight, on the encoder side
+    dead_code_steps: int = 0  # re-seed a code unused for this many training steps (0 = off)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def token_grid(self) -> int:
+        return self.image_size // self.downsample
+
+    def validate(self) -> None:
+        if not self.channel_mult:
+            raise ConfigError("tokenizer.channel_mult: expected at least one entry")
+        if self.image_size % self.downsample:
+            raise ConfigError(
+                f"tokenizer.image_size={self.image_size} is not divisible by the downsample "
+                f"factor {self.downsample} (from channel_mult={list(self.channel_mult)})"
+            )
+        _positive(self, "image_size", "base_channels", "latent_dim", "codebook_size", "code_dim")
+
+
+@dataclass
+class TransformerConfig:
+    """Bidirectional transformer over a grid of tokens; id `codebook_size` is [MASK]."""
+
+    codebook_size: int = 1024
+    num_tokens: int = 256
+    dim: int = 768
+    depth: int = 15
+    heads: int = 16
+    mlp_dim: int = 1536
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    norm: str = "pre"  # "pre" (default) or "post" (the course lab)
+    attention: str = "fused"  # "fused" (F.scaled_dot_product_attention) or "manual"
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.codebook_size
+
+    def validate(self) -> None:
+        _positive(self, "codebook_size", "num_tokens", "dim", "depth", "heads", "mlp_dim")
+        if self.dim % self.heads:
+            raise ConfigError(f"transformer.dim={self.dim} is not divisible by heads={self.heads}")
+        _choice(self, "norm", ("pre", "post"))
+        _choice(self, "attention", ("fused", "manual"))
+
+
+@dataclass
+class TrainingConfig:
+    """One training loop (tokenizer or transformer)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-4
+    min_lr: float = 1e-6  # cosine annealing floor
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # 0 = off
+    ema_decay: float = 0.0  # 0 = no EMA weights
+    seed: int = 0
+    compile: bool = False
+    num_workers: int = 0
+    save_every: int = 1  # epochs
+    val_fraction: float = 0.05
+    hflip: bool = False
+    max_steps: int = 0  # stop after this many optimiser steps (0 = no limit)
+    # Transformer only
+    mask_schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    # Tokenizer only
+    rec_loss: str = "l1"  # "l1" or "l2"
+    disc_weight: float = 0.8
+    disc_start: int = 2000  # optimiser steps before the GAN loss switches on
+    disc_channels: int = 64
+    disc_layers: int = 3
+    perceptual_weight: float = 0.0
+    perceptual_weights: str = ""  # path to a user-supplied TorchScript feature network
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "batch_size", "grad_accum", "save_every")
+        _choice(self, "rec_loss", ("l1", "l2"))
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"training.val_fraction={self.val_fraction}: expected [0, 1)")
+
+
+@dataclass
+class Preset:
+    """A named bundle of both model configs and both training loops."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    tokenizer_training: TrainingConfig = field(default_factory=TrainingConfig)
+    transformer_training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self) -> None:
+        for part in (self.tokenizer, self.transformer, self.tokenizer_training,
+                     self.transformer_training):
+            part.validate()
+        tok, tr = self.tokenizer, self.transformer
+        if tr.codebook_size != tok.codebook_size:
+            raise ConfigError(
+                f"transformer.codebook_size={tr.codebook_size} differs from "
+                f"tokenizer.codebook_size={tok.codebook_size}"
+            )
+        if tr.num_tokens != tok.token_grid**2:
+            raise ConfigError(
+                f"transformer.num_tokens={tr.num_tokens} differs from the tokenizer's "
+                f"{tok.token_grid}x{tok.token_grid} grid"
+            )
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)}: expected a positive number")
+
+
+def _choice(cfg: Any, name: str, valid: tuple[str, ...]) -> None:
+    if getattr(cfg, name) not in valid:
+        raise ConfigError(f"{name}={getattr(cfg, name)!r}: expected one of {', '.join(valid)}")
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item_type = args[0]
+        if len(args) != 2 or args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, prefix=f"{key}.")
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a dict; unknown keys and wrong types raise ConfigError."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!r}; valid keys: "
+            + ", ".join(prefix + v for v in valid)
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON/YAML-friendly dict of a config dataclass (tuples become lists)."""
+    def convert(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(dataclasses.asdict(cfg))
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _lab64() -> Preset:
+    """The course lab: 64x64 -> 16x16 tokens, 1024 codes, latent 256; 15-layer transformer."""
+    return Preset(
+        tokenizer=TokenizerConfig(
+            image_size=64, base_channels=128, channel_mult=(1, 1, 2), num_res_blocks=2,
+            latent_dim=256, codebook_size=1024, code_dim=256,
+        ),
+        transformer=TransformerConfig(
+            codebook_size=1024, num_tokens=256, dim=768, depth=15, heads=16, mlp_dim=1536,
+            dropout=0.1, attn_dropout=0.1, norm="post",
+        ),
+        tokenizer_training=TrainingConfig(epochs=100, batch_size=32, lr=1e-4, disc_start=10000),
+        transformer_training=TrainingConfig(
+            epochs=300, batch_size=10, lr=1e-4, min_lr=1e-6, betas=(0.9, 0.999),
+            mask_schedule="cosine", grad_clip=0.0,
+        ),
+    )
+
+
+def _emoji_demo() -> Preset:
+    """Small CPU preset for the embedded default: 64x64 emoji -> 16x16 tokens, 512 codes."""
+    return Preset(
+        tokenizer=TokenizerConfig(
+            image_size=64, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+            latent_dim=64, codebook_size=512, code_dim=16, l2_normalize=True,
+            dead_code_steps=200,
+        ),
+        transformer=TransformerConfig(
+            codebook_size=512, num_tokens=256, dim=256, depth=6, heads=8, mlp_dim=1024,
+            dropout=0.1, attn_dropout=0.0,
+        ),
+        tokenizer_training=TrainingConfig(
+            epochs=6, batch_size=32, lr=4e-4, min_lr=1e-5, warmup_steps=100, disc_start=1500,
+            disc_weight=0.5, disc_channels=32, hflip=False, ema_decay=0.0,
+        ),
+        transformer_training=TrainingConfig(
+            epochs=40, batch_size=64, lr=5e-4, min_lr=1e-5, warmup_steps=200,
+            weight_decay=0.05, betas=(0.9, 0.95), ema_decay=0.999, mask_schedule="cosine",
+            label_smoothing=0.1,
+        ),
+    )
+
+
+def _tiny() -> Preset:
+    """A few-thousand-parameter preset for tests: 16x16 images -> 4x4 tokens, 16 codes."""
+    return Preset(
+        tokenizer=TokenizerConfig(
+            image_size=16, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+            latent_dim=16, codebook_size=16, code_dim=8,
+        ),
+        transformer=TransformerConfig(
+            codebook_size=16, num_tokens=16, dim=32, depth=2, heads=4, mlp_dim=64,
+            dropout=0.0, attn_dropout=0.0,
+        ),
+        tokenizer_training=TrainingConfig(epochs=2, batch_size=8, lr=1e-3, disc_start=4,
+                                          disc_channels=8, disc_layers=2, val_fraction=0.2),
+        transformer_training=TrainingConfig(epochs=2, batch_size=8, lr=1e-3, val_fraction=0.2),
+    )
+
+
+PRESETS = {"lab-64": _lab64, "emoji-demo": _emoji_demo, "tiny": _tiny}
+
+
+def get_preset(name: str) -> Preset:
+    """A fresh copy of preset `name`; an unknown name raises ConfigError listing the valid ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
+    """Apply `section.key=value` strings (values parsed as YAML) and re-validate."""
+    data = to_dict(preset)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. training.lr=1e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or parts[0] not in data:
+            raise ConfigError(
+                f"--set {key!r}: expected section.key with section one of {', '.join(data)}"
+            )
+        data[parts[0]][parts[1]] = yaml.safe_load(raw)
+    result = from_dict(Preset, data)
+    result.validate()
+    return result
+
+
+def load_config(source: str | Path, overrides: list[str] | None = None) -> Preset:
+    """Load a preset name or a YAML file (optionally `preset: NAME` as a base) plus overrides.
+
+    A YAML file has up to four sections (tokenizer, transformer, tokenizer_training,
+    transformer_training) whose keys override the base preset.
+    """
+    source = str(source)
+    if source in PRESETS:
+        preset = get_preset(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"config {source!r}: not a preset ({', '.join(PRESETS)}) nor an existing file"
+            )
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: expected a mapping of sections")
+        base = get_preset(data.pop("preset", "emoji-demo"))
+        merged = to_dict(base)
+        for section, values in data.items():
+            if section not in merged:
+                raise ConfigError(
+                    f"config {path}: unknown section {section!r}; valid: {', '.join(merged)}"
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"config {path}: section {section!r} must be a mapping")
+            merged[section].update(values)
+        try:
+            preset = from_dict(Preset, merged)
+        except ConfigError as exc:
+            raise ConfigError(f"config {path}: {exc}") from exc
+    preset = apply_overrides(preset, overrides or [])
+    return preset

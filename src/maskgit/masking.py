@@ -1,0 +1,91 @@
+"""Masks, in one convention.
+
+THE MASK CONVENTION (used everywhere in this package):
+    A token mask is a bool tensor (B, N) or (B, h, w) where True means "unknown / to be
+    generated" (the token is replaced by [MASK]); False means "known / kept".
+    A pixel mask is a bool tensor (B, H, W) where True means "repaint this pixel".
+Mask *files* come in two conventions (white = repaint, as in diffusers and LaMa, the
+default; or white = keep, as in the course lab); `pixel_mask_from_array` converts either
+into the convention above.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from maskgit.schedule import gamma
+
+MASK_CONVENTIONS = ("white-repaint", "white-keep")
+
+
+def random_token_mask(
+    batch_size: int,
+    num_tokens: int,
+    schedule: str,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Training mask (B, N), True = masked: per image r ~ U(0,1), ceil(gamma(r) N) masked.
+
+    Counts are clipped to [1, N], so no image is left without a masked token; positions are
+    uniform without replacement.
+    """
+    r = torch.rand(batch_size, generator=generator)
+    counts = torch.ceil(gamma(schedule, r, num_tokens) * num_tokens).long().clamp(1, num_tokens)
+    scores = torch.rand(batch_size, num_tokens, generator=generator)
+    ranks = scores.argsort(dim=1).argsort(dim=1)  # (B, N): a random permutation per row
+    return (ranks < counts[:, None]).to(device)
+
+
+def masked_token_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy on masked positions only, averaged over all masked tokens of the batch.
+
+    logits (B, N, K), targets (B, N) int64, mask (B, N) bool with True = masked.
+    """
+    return F.cross_entropy(
+        logits[mask].float(), targets[mask], label_smoothing=label_smoothing
+    )
+
+
+def apply_token_mask(tokens: torch.Tensor, mask: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """Replace the masked positions of `tokens` by `mask_token_id` (new tensor)."""
+    return torch.where(mask, torch.full_like(tokens, mask_token_id), tokens)
+
+
+def pixel_mask_from_array(array: np.ndarray, convention: str = "white-repaint") -> torch.Tensor:
+    """A mask image (H, W) or (H, W, C), any dtype, -> bool (H, W), True = repaint.
+
+    Values are scaled to [0, 1] (uint8 by 255) and thresholded at 0.5; colour masks use
+    their mean over channels. `convention` says what white means in the file.
+    """
+    if convention not in MASK_CONVENTIONS:
+        raise ValueError(
+            f"unknown mask convention {convention!r}; valid: {', '.join(MASK_CONVENTIONS)}"
+        )
+    values = np.asarray(array, dtype=np.float32)
+    if np.issubdtype(np.asarray(array).dtype, np.integer) or values.max(initial=0) > 1.0:
+        values = values / 255.0
+    if values.ndim == 3:
+        values = values.mean(axis=2)
+    white = torch.from_numpy(values >= 0.5)
+    return white if convention == "white-repaint" else ~white
+
+
+def pixel_to_token_mask(pixel_mask: torch.Tensor, downsample: int) -> torch.Tensor:
+    """Pixel mask (B, H, W) True = repaint -> token mask (B, H/ds, W/ds) True = unknown.
+
+    A token is unknown when any pixel of its downsample x downsample patch is to be repainted.
+    """
+    if pixel_mask.shape[-1] % downsample or pixel_mask.shape[-2] % downsample:
+        raise ValueError(
+            f"mask size {tuple(pixel_mask.shape[-2:])} is not divisible by {downsample}"
+        )
+    pooled = F.max_pool2d(pixel_mask[:, None].float(), kernel_size=downsample)
+    return pooled[:, 0] > 0
