@@ -16,7 +16,15 @@ from maskgit.config import (
 )
 
 __all__ = [
-    "CheckpointError", "ConfigError", "Preset", "TokenizerConfig", "TrainingConfig",
-    "TransformerConfig", "get_preset", "load_config", "load_model", "save_model",
+    "CheckpointError",
+    "ConfigError",
+    "Preset",
+    "TokenizerConfig",
+    "TrainingConfig",
+    "TransformerConfig",
+    "get_preset",
+    "load_config",
+    "load_model",
+    "save_model",
 ]
 __version__ = "0.1.0"

@@ -9,9 +9,6 @@ loaded with `weights_only=True`, so no checkpoint ever runs code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from maskgit.config import ConfigError, TokenizerConfig, TransformerConfig, from_dict, to_dict
+from maskgit.fileio import atomic_write
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
@@ -34,27 +32,6 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, of another kind, or does not match."""
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, fsync, then rename onto `path`: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _kind_of(model: nn.Module) -> str:
     for kind, (_, cls) in MODEL_KINDS.items():
         if isinstance(model, cls):
@@ -63,7 +40,9 @@ def _kind_of(model: nn.Module) -> str:
 
 
 def save_model(
-    model: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
+    model: nn.Module,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
     extra: dict[str, str] | None = None,
 ) -> None:
     """Write `model` (weights + config) to a safetensors file atomically; `dtype` casts floats."""

@@ -135,8 +135,12 @@ class Preset:
     transformer_training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def validate(self) -> None:
-        for part in (self.tokenizer, self.transformer, self.tokenizer_training,
-                     self.transformer_training):
+        for part in (
+            self.tokenizer,
+            self.transformer,
+            self.tokenizer_training,
+            self.transformer_training,
+        ):
             part.validate()
         tok, tr = self.tokenizer, self.transformer
         if tr.codebook_size != tok.codebook_size:
@@ -179,9 +183,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         args = typing.get_args(annotation)
         item_type = args[0]
-        if len(args) != 2 or args[1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        if (len(args) != 2 or args[1] is not Ellipsis) and len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
         return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
     if annotation is bool:
         if not isinstance(value, bool):
@@ -223,6 +226,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON/YAML-friendly dict of a config dataclass (tuples become lists)."""
+
     def convert(v: Any) -> Any:
         if isinstance(v, (tuple, list)):
             return [convert(x) for x in v]
@@ -240,17 +244,34 @@ def _lab64() -> Preset:
     """The course lab: 64x64 -> 16x16 tokens, 1024 codes, latent 256; 15-layer transformer."""
     return Preset(
         tokenizer=TokenizerConfig(
-            image_size=64, base_channels=128, channel_mult=(1, 1, 2), num_res_blocks=2,
-            latent_dim=256, codebook_size=1024, code_dim=256,
+            image_size=64,
+            base_channels=128,
+            channel_mult=(1, 1, 2),
+            num_res_blocks=2,
+            latent_dim=256,
+            codebook_size=1024,
+            code_dim=256,
         ),
         transformer=TransformerConfig(
-            codebook_size=1024, num_tokens=256, dim=768, depth=15, heads=16, mlp_dim=1536,
-            dropout=0.1, attn_dropout=0.1, norm="post",
+            codebook_size=1024,
+            num_tokens=256,
+            dim=768,
+            depth=15,
+            heads=16,
+            mlp_dim=1536,
+            dropout=0.1,
+            attn_dropout=0.1,
+            norm="post",
         ),
         tokenizer_training=TrainingConfig(epochs=100, batch_size=32, lr=1e-4, disc_start=10000),
         transformer_training=TrainingConfig(
-            epochs=300, batch_size=10, lr=1e-4, min_lr=1e-6, betas=(0.9, 0.999),
-            mask_schedule="cosine", grad_clip=0.0,
+            epochs=300,
+            batch_size=10,
+            lr=1e-4,
+            min_lr=1e-6,
+            betas=(0.9, 0.999),
+            mask_schedule="cosine",
+            grad_clip=0.0,
         ),
     )
 
@@ -259,21 +280,48 @@ def _emoji_demo() -> Preset:
     """Small CPU preset for the embedded default: 64x64 emoji -> 16x16 tokens, 512 codes."""
     return Preset(
         tokenizer=TokenizerConfig(
-            image_size=64, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-            latent_dim=64, codebook_size=512, code_dim=16, l2_normalize=True,
+            image_size=64,
+            base_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            latent_dim=64,
+            codebook_size=512,
+            code_dim=16,
+            l2_normalize=True,
             dead_code_steps=200,
         ),
         transformer=TransformerConfig(
-            codebook_size=512, num_tokens=256, dim=256, depth=6, heads=8, mlp_dim=1024,
-            dropout=0.1, attn_dropout=0.0,
+            codebook_size=512,
+            num_tokens=256,
+            dim=256,
+            depth=6,
+            heads=8,
+            mlp_dim=1024,
+            dropout=0.1,
+            attn_dropout=0.0,
         ),
         tokenizer_training=TrainingConfig(
-            epochs=6, batch_size=32, lr=4e-4, min_lr=1e-5, warmup_steps=100, disc_start=1500,
-            disc_weight=0.5, disc_channels=32, hflip=False, ema_decay=0.0,
+            epochs=6,
+            batch_size=32,
+            lr=4e-4,
+            min_lr=1e-5,
+            warmup_steps=100,
+            disc_start=1500,
+            disc_weight=0.5,
+            disc_channels=32,
+            hflip=False,
+            ema_decay=0.0,
         ),
         transformer_training=TrainingConfig(
-            epochs=40, batch_size=64, lr=5e-4, min_lr=1e-5, warmup_steps=200,
-            weight_decay=0.05, betas=(0.9, 0.95), ema_decay=0.999, mask_schedule="cosine",
+            epochs=40,
+            batch_size=64,
+            lr=5e-4,
+            min_lr=1e-5,
+            warmup_steps=200,
+            weight_decay=0.05,
+            betas=(0.9, 0.95),
+            ema_decay=0.999,
+            mask_schedule="cosine",
             label_smoothing=0.1,
         ),
     )
@@ -283,15 +331,33 @@ def _tiny() -> Preset:
     """A few-thousand-parameter preset for tests: 16x16 images -> 4x4 tokens, 16 codes."""
     return Preset(
         tokenizer=TokenizerConfig(
-            image_size=16, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
-            latent_dim=16, codebook_size=16, code_dim=8,
+            image_size=16,
+            base_channels=8,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            latent_dim=16,
+            codebook_size=16,
+            code_dim=8,
         ),
         transformer=TransformerConfig(
-            codebook_size=16, num_tokens=16, dim=32, depth=2, heads=4, mlp_dim=64,
-            dropout=0.0, attn_dropout=0.0,
+            codebook_size=16,
+            num_tokens=16,
+            dim=32,
+            depth=2,
+            heads=4,
+            mlp_dim=64,
+            dropout=0.0,
+            attn_dropout=0.0,
         ),
-        tokenizer_training=TrainingConfig(epochs=2, batch_size=8, lr=1e-3, disc_start=4,
-                                          disc_channels=8, disc_layers=2, val_fraction=0.2),
+        tokenizer_training=TrainingConfig(
+            epochs=2,
+            batch_size=8,
+            lr=1e-3,
+            disc_start=4,
+            disc_channels=8,
+            disc_layers=2,
+            val_fraction=0.2,
+        ),
         transformer_training=TrainingConfig(epochs=2, batch_size=8, lr=1e-3, val_fraction=0.2),
     )
 

@@ -51,8 +51,13 @@ def check_decode_args(steps: int, sweet_spot: int | None, schedule: str) -> int:
 
 
 def tokens_to_keep_masked(
-    unknown_at_start: torch.Tensor, unknown_now: torch.Tensor, step: int, steps: int,
-    last_step: int, schedule: str, num_tokens: int,
+    unknown_at_start: torch.Tensor,
+    unknown_now: torch.Tensor,
+    step: int,
+    steps: int,
+    last_step: int,
+    schedule: str,
+    num_tokens: int,
 ) -> torch.Tensor:
     """How many tokens stay masked after `step` (0-based), per image (B,) int64."""
     if step >= last_step:
@@ -80,7 +85,9 @@ def _uniform(gens: list[torch.Generator | None], shape: tuple[int, ...]) -> torc
 
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_k: int | None,
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
     gens: list[torch.Generator | None],
 ) -> torch.Tensor:
     """Sample one id per position from logits (B, N, K) -> (B, N); argmax at temperature 0."""
@@ -136,7 +143,12 @@ def decode(
             confidence = confidence + noise_scale * gumbel.to(confidence.device)
         confidence = torch.where(unknown, confidence, CONFIDENCE_OF_KNOWN_TOKENS)
         keep = tokens_to_keep_masked(
-            unknown_at_start, unknown.sum(dim=1).cpu(), step, steps, last_step, schedule,
+            unknown_at_start,
+            unknown.sum(dim=1).cpu(),
+            step,
+            steps,
+            last_step,
+            schedule,
             num_tokens,
         ).to(tokens.device)
         ranks = confidence.argsort(dim=1, stable=True).argsort(dim=1)  # 0 = least confident

@@ -49,9 +49,7 @@ def masked_token_loss(
 
     logits (B, N, K), targets (B, N) int64, mask (B, N) bool with True = masked.
     """
-    return F.cross_entropy(
-        logits[mask].float(), targets[mask], label_smoothing=label_smoothing
-    )
+    return F.cross_entropy(logits[mask].float(), targets[mask], label_smoothing=label_smoothing)
 
 
 def apply_token_mask(tokens: torch.Tensor, mask: torch.Tensor, mask_token_id: int) -> torch.Tensor:

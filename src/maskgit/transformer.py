@@ -66,7 +66,9 @@ class Block(nn.Module):
         self.attn = MultiHeadAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim),
+            nn.Linear(cfg.dim, cfg.mlp_dim),
+            nn.GELU(),
+            nn.Linear(cfg.mlp_dim, cfg.dim),
             nn.Dropout(cfg.dropout),
         )
         self.dropout = nn.Dropout(cfg.dropout)

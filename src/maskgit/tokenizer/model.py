@@ -26,8 +26,12 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
         self.body = nn.Sequential(
-            _norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1),
-            _norm(out_ch), nn.SiLU(), nn.Conv2d(out_ch, out_ch, 3, padding=1),
+            _norm(in_ch),
+            nn.SiLU(),
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
+            _norm(out_ch),
+            nn.SiLU(),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1),
         )
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -65,8 +69,10 @@ class Decoder(nn.Module):
                 layers.append(ResBlock(ch, width))
                 ch = width
             if level < len(widths) - 1:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                           nn.Conv2d(ch, ch, 3, padding=1)]
+                layers += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(ch, ch, 3, padding=1),
+                ]
         layers += [_norm(ch), nn.SiLU()]
         self.net = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)

@@ -1,0 +1,207 @@
+"""Image folders, deterministic splits and pre-tokenised token shards.
+
+Images in memory are uint8 tensors (N, 3, H, W); models take float in [-1, 1]
+(`to_model_range`). Any readable image is accepted: grayscale, palette and RGBA images are
+converted to RGB (transparency composited on white) and resized to the configured size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from maskgit.fileio import atomic_write
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (a 6324 x 6324 image)
+TOKENS_FILE = "tokens.safetensors"
+INDEX_FILE = "index.txt"
+
+
+class DataError(ValueError):
+    """A data folder or file is missing, empty or unreadable; the message names it."""
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3), alpha composited on white.
+
+    When `size` is given the image is resized to size x size (bicubic; the aspect ratio is
+    not kept: crop first if that matters).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: image is {img.width}x{img.height}, over the "
+                    f"{MAX_IMAGE_PIXELS:,}-pixel limit (decompression-bomb guard)"
+                )
+            img.load()
+            rgb = to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> RGB, transparency composited on white."""
+    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder (sorted by name); errors name the folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"{folder}: folder does not exist")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = len(files) - len(images)
+    if skipped:
+        warnings.warn(f"{folder}: skipped {skipped} non-image file(s)", stacklevel=2)
+    if not images:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def load_folder(
+    folder: str | Path, size: int, progress: bool = True
+) -> tuple[torch.Tensor, list[str]]:
+    """All readable images of a folder as uint8 (N, 3, size, size) plus their file names.
+
+    Unreadable files are skipped and counted in one warning; none readable is an error.
+    """
+    paths = list_images(folder)
+    arrays, names, bad = [], [], []
+    for path in tqdm(paths, desc=f"reading {Path(folder).name}", disable=not progress, leave=False):
+        try:
+            arrays.append(load_image(path, size))
+            names.append(path.name)
+        except DataError:
+            bad.append(path.name)
+    if bad:
+        warnings.warn(
+            f"{folder}: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", stacklevel=2
+        )
+    if not arrays:
+        raise DataError(f"{folder}: none of the {len(paths)} image files could be read")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, names
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W) in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, 3, H, W) (clamped, rounded)."""
+    return ((images.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def split_of(name: str, val_fraction: float, test_fraction: float = 0.0) -> str:
+    """'train', 'val' or 'test' from a hash of the file name: stable across runs and machines."""
+    bucket = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if bucket < test_fraction:
+        return "test"
+    if bucket < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def split_indices(names: list[str], val_fraction: float) -> tuple[list[int], list[int]]:
+    """Train and validation indices of `names` by hash split."""
+    train, val = [], []
+    for i, name in enumerate(names):
+        (val if split_of(name, val_fraction) == "val" else train).append(i)
+    if not train:
+        raise DataError(f"no training images left after a {val_fraction:.0%} validation split")
+    return train, val
+
+
+class TensorImages(Dataset):
+    """uint8 images (N, 3, H, W) as a dataset of float tensors in [-1, 1]."""
+
+    def __init__(self, images: torch.Tensor, hflip: bool = False):
+        self.images = images
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return len(self.images) * (2 if self.hflip else 1)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = to_model_range(self.images[index % len(self.images)])
+        return image.flip(-1) if index >= len(self.images) else image
+
+
+class TokenDataset(Dataset):
+    """Pre-tokenised images: int64 token rows (N_tokens,) per image."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens.reshape(len(tokens), -1)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.tokens[index].long()
+
+
+def save_tokens(folder: str | Path, tokens: torch.Tensor, names: list[str], meta: dict) -> None:
+    """Write token grids (N, h, w) as a compact integer shard plus an index of file names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = torch.int16 if int(meta["codebook_size"]) <= 32767 else torch.int32
+    metadata = {k: json.dumps(v) for k, v in meta.items()}
+    atomic_write(
+        folder / TOKENS_FILE,
+        lambda tmp: save_file(
+            {"tokens": tokens.to(dtype).contiguous()}, str(tmp), metadata=metadata
+        ),
+    )
+    atomic_write(folder / INDEX_FILE, lambda tmp: tmp.write_text("\n".join(names) + "\n"))
+
+
+def load_tokens(folder: str | Path) -> tuple[torch.Tensor, list[str], dict]:
+    """Read a token folder: tokens (N, h, w) int64, file names, metadata dict."""
+    folder = Path(folder)
+    path = folder / TOKENS_FILE
+    if not path.is_file():
+        raise DataError(f"{folder}: no {TOKENS_FILE} (make one with `maskgit tokenize`)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+        tokens = load_file(str(path))["tokens"].long()
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise DataError(f"{path}: unreadable token file ({exc})") from exc
+    meta = {k: json.loads(v) for k, v in raw.items()}
+    index = folder / INDEX_FILE
+    names = index.read_text().splitlines() if index.is_file() else []
+    if len(names) != len(tokens):
+        raise DataError(f"{index}: {len(names)} names for {len(tokens)} token grids")
+    return tokens, names, meta
