@@ -1,0 +1,250 @@
+"""`maskgit` command line: thin wrappers over the package's pipelines.
+
+Every bad input ends in one line `maskgit: error: ...` naming the file or option, exit code 2
+for usage errors (bad options, missing or unreadable inputs) and 1 for runtime failures;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument(
+        "--config",
+        default="emoji-demo",
+        help="preset name (lab-64, emoji-demo, tiny) or YAML file (default emoji-demo)",
+    )
+    p.add_argument("--out", required=True, help="run folder for checkpoints, logs and samples")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, e.g. {stage}_training.lr=1e-4 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/latest.state.pt")
+    p.add_argument(
+        "--checkpoint-steps",
+        type=int,
+        default=0,
+        help="also save `latest` every N optimiser steps (default: each epoch)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(p)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from maskgit.config import load_config, to_dict
+    from maskgit.tokenizer.model import VQGAN
+    from maskgit.transformer import BidirectionalTransformer
+
+    preset = load_config(args.preset, args.overrides)
+    tok, tr = preset.tokenizer, preset.transformer
+    print(f"preset {args.preset}")
+    print(
+        f"  tokenizer: {tok.image_size}x{tok.image_size}x{tok.in_channels} -> "
+        f"{tok.token_grid}x{tok.token_grid} tokens (downsample {tok.downsample}), "
+        f"codebook {tok.codebook_size} x {tok.code_dim}, latent {tok.latent_dim}, "
+        f"channels {[tok.base_channels * m for m in tok.channel_mult]}, "
+        f"{tok.num_res_blocks} res block(s) per level"
+    )
+    print(
+        f"  transformer: dim {tr.dim}, {tr.depth} layers, {tr.heads} heads, MLP {tr.mlp_dim}, "
+        f"{tr.num_tokens} positions, embedding {tr.codebook_size + 1} entries "
+        f"({tr.codebook_size} codes + [MASK]), dropout {tr.dropout}, attention dropout "
+        f"{tr.attn_dropout}, {tr.norm}-norm, {tr.attention} attention"
+    )
+    for name, model in (("tokenizer", VQGAN(tok)), ("transformer", BidirectionalTransformer(tr))):
+        count = sum(p.numel() for p in model.parameters())
+        print(f"  {name} parameters: {count:,}")
+    if args.verbose:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(preset), sort_keys=False))
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from maskgit.prepare import prepare_emoji
+
+    started = time.perf_counter()
+    counts = prepare_emoji(args.source, args.out, size=args.size)
+    print(
+        f"wrote {sum(counts.values())} images to {args.out} ({counts}) in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def _load_split(data: str, size: int, val: str | None):
+    """Images and names of --data (and --val, whose names get a 'val' hash bucket)."""
+    from maskgit.data import load_folder
+
+    images, names = load_folder(data, size)
+    if val is None:
+        return images, names, None
+    val_images, val_names = load_folder(val, size)
+    return images, names, (val_images, val_names)
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from maskgit.config import load_config
+    from maskgit.data import load_folder
+    from maskgit.train import train_tokenizer
+
+    preset = load_config(args.config, args.overrides)
+    images, names = load_folder(args.data, preset.tokenizer.image_size)
+    print(f"training tokenizer on {len(images)} images from {args.data} -> {args.out}")
+    metrics = train_tokenizer(
+        preset,
+        images,
+        names,
+        args.out,
+        args.resume,
+        args.device,
+        not args.no_progress,
+        args.checkpoint_steps,
+    )
+    print(f"done: {args.out}/tokenizer.safetensors; validation {metrics}")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from maskgit.pretokenize import tokenize_folder
+
+    count = tokenize_folder(
+        args.tokenizer,
+        args.data,
+        args.out,
+        hflip=args.hflip,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(f"wrote {count} token grids to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from maskgit.config import load_config
+    from maskgit.pretokenize import tokens_for_training
+    from maskgit.train import train_transformer
+
+    preset = load_config(args.config, args.overrides)
+    tokens, names = tokens_for_training(
+        preset, args.tokens, args.data, args.tokenizer, args.out, args.device
+    )
+    print(f"training transformer on {len(tokens)} token grids -> {args.out}")
+    metrics = train_transformer(
+        preset,
+        tokens,
+        names,
+        args.out,
+        args.resume,
+        args.device,
+        not args.no_progress,
+        args.checkpoint_steps,
+    )
+    print(f"done: {args.out}/transformer.safetensors; validation {metrics}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskgit",
+        description="MaskGIT: train a VQGAN tokenizer and a bidirectional transformer, then "
+        "inpaint, outpaint and generate by iterative parallel decoding.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print a preset's architecture and parameter counts")
+    p.add_argument("--preset", default="lab-64", help="preset name or YAML file (default lab-64)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--verbose", action="store_true", help="also print the full config")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("prepare-data", help="build a data set (emoji) from npm packages")
+    p.add_argument("dataset", choices=["emoji"], help="which data set")
+    p.add_argument(
+        "--source",
+        nargs="+",
+        required=True,
+        help="unpacked emoji-datasource-<vendor> package folders",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=64, help="image size (default 64)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("train-tokenizer", help="train the VQGAN tokenizer on a folder of images")
+    p.add_argument("--data", required=True, help="folder of training images")
+    _add_training(p, "tokenizer")
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("tokenize", help="pre-tokenise a folder of images once")
+    p.add_argument("--tokenizer", required=True, help="tokenizer run folder or .safetensors file")
+    p.add_argument("--data", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="output token folder")
+    p.add_argument("--hflip", action="store_true", help="also store horizontally flipped copies")
+    p.add_argument("--batch-size", type=int, default=64)
+    _add_common(p)
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("train", help="train the transformer with the masked-token loss")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tokens", help="pre-tokenised folder (from `maskgit tokenize`)")
+    src.add_argument("--data", help="folder of images, tokenised on the fly (needs --tokenizer)")
+    p.add_argument("--tokenizer", help="tokenizer run folder or file (default: from --tokens)")
+    _add_training(p, "transformer")
+    p.set_defaults(func=cmd_train)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `maskgit` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    warnings.formatwarning = lambda message, category, *a, **k: f"maskgit: warning: {message}\n"
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("maskgit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line per error, traceback only with --debug
+        if debug:
+            raise
+        code = 2 if isinstance(exc, USAGE_ERRORS) else 1
+        print(f"maskgit: error: {exc}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

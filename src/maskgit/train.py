@@ -1,0 +1,611 @@
+"""Training loops for both stages.
+
+`fit` is one loop for any `TrainTask`: it knows nothing of the models. It handles the
+data order (seeded per epoch, sharded over torchrun ranks with the same global batch),
+gradient accumulation, AdamW with warm-up + cosine annealing, clipping, bf16 autocast on
+CUDA, EMA weights, validation, atomic checkpoints (`latest`, `best`, every N epochs) and
+exact resume. A task turns one batch into (summed loss, item count, metrics).
+
+Run folder:
+    config.yaml               the full preset used
+    latest.state.pt           everything needed to resume (weights, optimiser, RNG, position)
+    <name>.safetensors        inference weights (EMA when enabled), updated at each save
+    <name>-best.safetensors   lowest validation loss so far
+    <name>-epochNNN.safetensors
+    metrics.csv               one row per logged step and per validation
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from maskgit.checkpoint import load_state, save_model, save_state
+from maskgit.config import Preset, TrainingConfig, to_dict
+from maskgit.data import TensorImages, TokenDataset, to_uint8
+from maskgit.masking import apply_token_mask, random_token_mask
+from maskgit.tokenizer.losses import (
+    PerceptualLoss,
+    adaptive_gan_weight,
+    generator_loss,
+    hinge_d_loss,
+    reconstruction_loss,
+)
+from maskgit.tokenizer.model import VQGAN, Discriminator
+from maskgit.transformer import BidirectionalTransformer
+from maskgit.visualize import save_grid, to_pil
+
+STATE_FILE = "latest.state.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, bad batch size); the message says why."""
+
+
+@dataclass
+class StepOutput:
+    loss_sum: torch.Tensor  # scalar: loss summed over `count` items
+    count: torch.Tensor  # scalar: items (images or masked tokens) the loss is summed over
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class TrainTask(Protocol):
+    name: str  # file stem of the saved model: "tokenizer" or "transformer"
+    nets: dict[str, nn.Module]  # trainable modules; the loop may wrap them in DDP
+
+    def model(self) -> nn.Module: ...
+    def step(
+        self, batch: torch.Tensor, step: int, rng: torch.Generator, offset: int, global_batch: int
+    ) -> StepOutput: ...
+    def evaluate(self, batch: torch.Tensor, rng: torch.Generator) -> dict[str, float]: ...
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DDP / torch.compile wrapper."""
+    module = getattr(module, "module", module)
+    return getattr(module, "_orig_mod", module)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class TokenizerTask:
+    """VQGAN: reconstruction + codebook/commitment + adaptive hinge GAN after a warm-up."""
+
+    name = "tokenizer"
+
+    def __init__(self, tokenizer: VQGAN, cfg: TrainingConfig):
+        self.cfg = cfg
+        disc = Discriminator(tokenizer.cfg.in_channels, cfg.disc_channels, cfg.disc_layers)
+        self.nets = {"tokenizer": tokenizer, "discriminator": disc}
+        self.perceptual = PerceptualLoss(cfg.perceptual_weights) if cfg.perceptual_weight else None
+
+    def model(self) -> nn.Module:
+        return unwrap(self.nets["tokenizer"])
+
+    def step(self, batch, step, rng, offset, global_batch) -> StepOutput:
+        vqgan, disc = self.nets["tokenizer"], self.nets["discriminator"]
+        recon, vq = vqgan(batch)
+        rec = reconstruction_loss(recon.float(), batch, self.cfg.rec_loss)
+        if self.perceptual is not None:
+            rec = rec + self.cfg.perceptual_weight * self.perceptual.to(batch.device)(recon, batch)
+        total = rec + vq.loss
+        metrics = {
+            "rec": rec.item(),
+            "vq": vq.loss.item(),
+            "perplexity": vq.perplexity.item(),
+            "usage": vq.usage.item(),
+        }
+        if step >= self.cfg.disc_start and self.cfg.disc_weight > 0:
+            # The generator term goes through the bare critic with frozen weights, so it never
+            # trains the critic; the critic's own loss is one (DDP-wrapped) call on real+fake.
+            critic = unwrap(disc).requires_grad_(False)
+            g_loss = generator_loss(critic(recon).float())
+            critic.requires_grad_(True)
+            weight = self.cfg.disc_weight * adaptive_gan_weight(
+                rec, g_loss, unwrap(vqgan).last_layer_weight
+            )
+            logits_real, logits_fake = disc(torch.cat([batch, recon.detach()])).float().chunk(2)
+            d_loss = hinge_d_loss(logits_real, logits_fake)
+            total = total + weight * g_loss + d_loss
+            metrics.update(g_loss=g_loss.item(), d_loss=d_loss.item(), gan_weight=weight.item())
+        n = torch.tensor(float(batch.shape[0]), device=batch.device)
+        return StepOutput(total * n, n, metrics)
+
+    @torch.no_grad()
+    def evaluate(self, batch, rng) -> dict[str, float]:
+        model = self.model()
+        recon, vq = model(batch)
+        mse = (recon.clamp(-1, 1) - batch).pow(2).flatten(1).mean(1)  # (B,) in [-1,1] units
+        psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+        n = batch.shape[0]
+        return {
+            "loss": reconstruction_loss(recon, batch, self.cfg.rec_loss).item() * n,
+            "psnr": psnr.sum().item(),
+            "usage": vq.usage.item() * n,
+            "count": n,
+        }
+
+
+class TransformerTask:
+    """Masked visual token modelling: cross-entropy on masked positions only."""
+
+    name = "transformer"
+
+    def __init__(self, transformer: BidirectionalTransformer, cfg: TrainingConfig):
+        self.cfg = cfg
+        self.nets = {"transformer": transformer}
+
+    def model(self) -> nn.Module:
+        return unwrap(self.nets["transformer"])
+
+    def _masked_batch(self, tokens, rng, offset, global_batch):
+        cfg = self.model().cfg
+        mask = random_token_mask(global_batch, cfg.num_tokens, self.cfg.mask_schedule, rng)
+        mask = mask[offset : offset + tokens.shape[0]].to(tokens.device)  # (B, N)
+        return apply_token_mask(tokens, mask, cfg.mask_token_id), mask
+
+    def step(self, batch, step, rng, offset, global_batch) -> StepOutput:
+        inputs, mask = self._masked_batch(batch, rng, offset, global_batch)
+        logits = self.nets["transformer"](inputs)  # (B, N, K)
+        loss_sum = F.cross_entropy(
+            logits[mask].float(),
+            batch[mask],
+            reduction="sum",
+            label_smoothing=self.cfg.label_smoothing,
+        )
+        count = mask.sum().float()
+        accuracy = (logits[mask].argmax(-1) == batch[mask]).float().mean().item()
+        return StepOutput(loss_sum, count, {"accuracy": accuracy})
+
+    @torch.no_grad()
+    def evaluate(self, batch, rng) -> dict[str, float]:
+        inputs, mask = self._masked_batch(batch, rng, 0, batch.shape[0])
+        logits = self.model()(inputs)[mask].float()
+        targets = batch[mask]
+        return {
+            "loss": F.cross_entropy(logits, targets, reduction="sum").item(),
+            "accuracy": (logits.argmax(-1) == targets).sum().item(),
+            "count": float(mask.sum()),
+        }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
+
+
+def pick_device(device: str | None) -> str:
+    """'cuda' when available unless told otherwise."""
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine annealing to cfg.min_lr at `total` steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _rng(seed: int, *keys: int) -> torch.Generator:
+    """A generator seeded from (seed, keys): the same on every rank and after resume."""
+    value = seed
+    for key in keys:
+        value = (value * 1_000_003 + key) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def _batches(n: int, batch: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The epoch's global batches of dataset indices (seeded shuffle, last partial dropped)."""
+    order = torch.randperm(n, generator=_rng(seed, epoch))
+    return [order[i : i + batch] for i in range(0, n - batch + 1, batch)]
+
+
+class CsvLog:
+    """Append metric rows to metrics.csv (and TensorBoard when installed)."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.path = folder / "metrics.csv"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(folder / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, step: int, epoch: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "epoch", "split", "metric", "value"])
+            for key, value in metrics.items():
+                writer.writerow([step, epoch, split, key, f"{value:.6g}"])
+                if self.writer is not None:
+                    self.writer.add_scalar(f"{split}/{key}", value, step)
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+            e.copy_(b)
+
+
+def fit(
+    task: TrainTask,
+    train_set: torch.utils.data.Dataset,
+    val_set: torch.utils.data.Dataset | None,
+    cfg: TrainingConfig,
+    out: str | Path,
+    preset: Preset | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    on_epoch_end: Any = None,
+    checkpoint_steps: int = 0,
+) -> dict[str, float]:
+    """Train `task` on `train_set`; returns the last validation metrics.
+
+    `checkpoint_steps` > 0 also saves `latest` every that many optimiser steps.
+    """
+    out = Path(out)
+    device = pick_device(device)
+    ddp = init_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{ddp.local_rank}"
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg.seed)
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if preset is not None:
+            (out / "config.yaml").write_text(yaml.safe_dump(to_dict(preset), sort_keys=False))
+    micro = cfg.batch_size // (cfg.grad_accum * ddp.world)
+    if micro * cfg.grad_accum * ddp.world != cfg.batch_size:
+        raise TrainingError(
+            f"batch_size={cfg.batch_size} is not divisible by grad_accum={cfg.grad_accum} x "
+            f"{ddp.world} process(es)"
+        )
+    if len(train_set) < cfg.batch_size:
+        raise TrainingError(
+            f"only {len(train_set)} training items, fewer than batch_size={cfg.batch_size}"
+        )
+    for net in task.nets.values():
+        net.to(device).train()
+    params = [p for net in task.nets.values() for p in net.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+    ema = copy.deepcopy(task.model()).eval().requires_grad_(False) if cfg.ema_decay else None
+    batches_per_epoch = len(train_set) // cfg.batch_size
+    total_steps = cfg.epochs * batches_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    position = {"step": 0, "epoch": 0, "batch": 0, "best": float("inf")}
+    state_path = out / STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise TrainingError(f"--resume: {state_path} not found (nothing to resume)")
+        state = load_state(state_path)
+        for name, net in task.nets.items():
+            net.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        position = state["position"]
+    if ddp.world > 1:
+        for name, net in task.nets.items():
+            task.nets[name] = DistributedDataParallel(net)
+    if cfg.compile:
+        for name, net in task.nets.items():
+            task.nets[name] = torch.compile(net)
+
+    def save(tag: str = "") -> None:
+        if not ddp.main:
+            return
+        state = {
+            "modules": {n: unwrap(m).state_dict() for n, m in task.nets.items()},
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng": torch.get_rng_state(),
+            "position": dict(position),
+        }
+        save_state(state, state_path)
+        save_model(ema or task.model(), out / f"{task.name}.safetensors")
+        if tag:
+            save_model(ema or task.model(), out / f"{task.name}-{tag}.safetensors")
+
+    log = CsvLog(out, ddp.main)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    )
+    val_metrics: dict[str, float] = {}
+    try:
+        while position["epoch"] < cfg.epochs and position["step"] < total_steps:
+            epoch = position["epoch"]
+            batches = _batches(len(train_set), cfg.batch_size, cfg.seed, epoch)
+            bar = tqdm(
+                total=len(batches),
+                initial=position["batch"],
+                desc=f"epoch {epoch + 1}",
+                disable=not (progress and ddp.main),
+                dynamic_ncols=True,
+            )
+            started, seen = time.perf_counter(), 0
+            for index in range(position["batch"], len(batches)):
+                if position["step"] >= total_steps:
+                    break
+                metrics = _optimizer_step(
+                    task,
+                    train_set,
+                    batches[index],
+                    cfg,
+                    ddp,
+                    micro,
+                    optimizer,
+                    position["step"],
+                    total_steps,
+                    device,
+                    autocast,
+                )
+                if ema is not None:
+                    _ema_update(ema, task.model(), cfg.ema_decay)
+                hook = getattr(task.model(), "after_optimizer_step", None)
+                if hook is not None:
+                    metrics.update(hook())
+                position["step"] += 1
+                position["batch"] = index + 1
+                seen += cfg.batch_size
+                metrics["images_per_s"] = seen / (time.perf_counter() - started)
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}"
+                )
+                bar.update(1)
+                if position["step"] % 10 == 0 or position["step"] == 1:
+                    log.write(position["step"], epoch, "train", metrics)
+                if checkpoint_steps and position["step"] % checkpoint_steps == 0:
+                    save()
+            bar.close()
+            if position["batch"] < len(batches):  # stopped by max_steps mid-epoch
+                save()
+                break
+            position["epoch"], position["batch"] = epoch + 1, 0
+            val_metrics = _validate(task, ema, val_set, cfg, device, autocast, ddp)
+            if val_metrics:
+                log.write(position["step"], epoch, "val", val_metrics)
+                if ddp.main and progress:
+                    tqdm.write(
+                        f"epoch {epoch + 1} validation: "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
+                    )
+            tag = f"epoch{epoch + 1:03d}" if (epoch + 1) % cfg.save_every == 0 else ""
+            save(tag)
+            if val_metrics and val_metrics["loss"] < position["best"]:
+                position["best"] = val_metrics["loss"]
+                if ddp.main:
+                    save_model(ema or task.model(), out / f"{task.name}-best.safetensors")
+            if on_epoch_end is not None and ddp.main:
+                on_epoch_end(task, ema, epoch + 1, out)
+    except KeyboardInterrupt:
+        save()
+        if ddp.main:
+            tqdm.write(
+                f"interrupted: saved {state_path} at step {position['step']}; "
+                "continue with --resume"
+            )
+        raise
+    return val_metrics
+
+
+def _optimizer_step(
+    task, train_set, indices, cfg, ddp, micro, optimizer, step, total_steps, device, autocast
+) -> dict[str, float]:
+    """Forward/backward over grad_accum micro-batches of this rank's shard, then one update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, total_steps, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    per_rank = micro * cfg.grad_accum
+    mine = indices[ddp.rank * per_rank : (ddp.rank + 1) * per_rank]
+    totals: dict[str, float] = {}
+    loss_value = 0.0
+    for m in range(cfg.grad_accum):
+        chunk = mine[m * micro : (m + 1) * micro]
+        batch = torch.stack([train_set[int(i)] for i in chunk]).to(device)
+        rng = _rng(cfg.seed, step, m)
+        with ExitStack() as stack:
+            if m < cfg.grad_accum - 1:  # accumulate locally, all-reduce on the last one
+                for net in task.nets.values():
+                    if isinstance(net, DistributedDataParallel):
+                        stack.enter_context(net.no_sync())
+            with autocast:
+                out = task.step(batch, step, rng, ddp.rank * micro, micro * ddp.world)
+            count = out.count.detach().clone()
+            if ddp.world > 1:
+                dist.all_reduce(count)
+            loss = out.loss_sum * ddp.world / count.clamp_min(1) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at step {step}: stopping; the last "
+                    "checkpoint was left intact"
+                )
+            loss.backward()
+        loss_value += loss.item() / ddp.world
+        for key, value in out.metrics.items():
+            totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
+    if cfg.grad_clip > 0:
+        params = [p for net in task.nets.values() for p in net.parameters()]
+        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    optimizer.step()
+    totals["loss"] = loss_value
+    totals["lr"] = optimizer.param_groups[0]["lr"]
+    return totals
+
+
+@torch.no_grad()
+def _validate(task, ema, val_set, cfg, device, autocast, ddp) -> dict[str, float]:
+    """Validation on rank 0 with the EMA weights when present (fixed masking seed)."""
+    if val_set is None or len(val_set) == 0 or not ddp.main:
+        return {}
+    live = task.model()
+    if ema is not None:  # evaluate the weights that will be shipped
+        backup = copy.deepcopy(live.state_dict())
+        live.load_state_dict(ema.state_dict())
+    live.eval()
+    sums: dict[str, float] = {}
+    rng = _rng(cfg.seed, -1)
+    for start in range(0, len(val_set), cfg.batch_size):
+        batch = torch.stack(
+            [val_set[i] for i in range(start, min(len(val_set), start + cfg.batch_size))]
+        )
+        with autocast:
+            for key, value in task.evaluate(batch.to(device), rng).items():
+                sums[key] = sums.get(key, 0.0) + value
+    live.train()
+    if ema is not None:
+        live.load_state_dict(backup)
+    count = sums.pop("count")
+    return {key: value / count for key, value in sums.items()}
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def recon_grid_hook(images: torch.Tensor, every: int = 1):
+    """An on_epoch_end hook that saves originals above reconstructions as a PNG grid."""
+
+    def hook(task, ema, epoch, out) -> None:
+        if epoch % every:
+            return
+        model = ema or task.model()
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            recon, _ = model(images.to(device))
+        model.train(was_training)
+        originals = [to_pil(x) for x in to_uint8(images)]
+        rebuilt = [to_pil(x) for x in to_uint8(recon.cpu())]
+        save_grid(
+            originals + rebuilt,
+            Path(out) / "samples" / f"recon-epoch{epoch:03d}.png",
+            columns=len(originals),
+        )
+
+    return hook
+
+
+def train_tokenizer(
+    preset: Preset,
+    images: torch.Tensor,
+    names: list[str],
+    out: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    checkpoint_steps: int = 0,
+) -> dict[str, float]:
+    """Train the VQGAN of `preset` on uint8 images (N, 3, H, W); writes to run folder `out`."""
+    from maskgit.data import split_indices
+
+    cfg = preset.tokenizer_training
+    train_idx, val_idx = split_indices(names, cfg.val_fraction)
+    train_set = TensorImages(images[train_idx], hflip=cfg.hflip)
+    val_set = TensorImages(images[val_idx]) if val_idx else None
+    task = TokenizerTask(VQGAN(preset.tokenizer), cfg)
+    preview = TensorImages(images[(val_idx or train_idx)[:8]])
+    hook = recon_grid_hook(torch.stack([preview[i] for i in range(len(preview))]))
+    return fit(
+        task, train_set, val_set, cfg, out, preset, resume, device, progress, hook, checkpoint_steps
+    )
+
+
+def train_transformer(
+    preset: Preset,
+    tokens: torch.Tensor,
+    names: list[str],
+    out: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    checkpoint_steps: int = 0,
+) -> dict[str, float]:
+    """Train the transformer of `preset` on token grids (N, h, w); writes to run folder `out`."""
+    from maskgit.data import split_indices
+
+    cfg = preset.transformer_training
+    flat = tokens.reshape(len(tokens), -1)
+    if flat.shape[1] != preset.transformer.num_tokens:
+        raise TrainingError(
+            f"tokens have {flat.shape[1]} positions per image, the transformer expects "
+            f"{preset.transformer.num_tokens}"
+        )
+    if int(flat.max()) >= preset.transformer.codebook_size:
+        raise TrainingError(
+            f"tokens use ids up to {int(flat.max())}, beyond the transformer's codebook of "
+            f"{preset.transformer.codebook_size}: they were made by another tokenizer"
+        )
+    train_idx, val_idx = split_indices(names, cfg.val_fraction)
+    task = TransformerTask(BidirectionalTransformer(preset.transformer), cfg)
+    return fit(
+        task,
+        TokenDataset(flat[train_idx]),
+        TokenDataset(flat[val_idx]) if val_idx else None,
+        cfg,
+        out,
+        preset,
+        resume,
+        device,
+        progress,
+        None,
+        checkpoint_steps,
+    )
