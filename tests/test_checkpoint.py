@@ -215,9 +215,7 @@ def test_save_model_overwrites_and_creates_dirs(tmp_path):
     save_model(_transformer(seed=1), path)
     loaded = load_model(path)
     assert torch.equal(loaded.logit_bias, _transformer(seed=1).logit_bias)
-    assert torch.equal(
-        loaded.token_embedding.weight, _transformer(seed=1).token_embedding.weight
-    )
+    assert torch.equal(loaded.token_embedding.weight, _transformer(seed=1).token_embedding.weight)
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.safetensors"]
 
 

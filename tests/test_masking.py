@@ -47,7 +47,9 @@ def test_counts_differ_across_the_batch(schedule):
 
 def test_count_distribution_linear_is_uniform():
     batch, n = 20000, 16
-    counts = random_token_mask(batch, n, "linear", generator=torch.Generator().manual_seed(1)).sum(1)
+    counts = random_token_mask(batch, n, "linear", generator=torch.Generator().manual_seed(1)).sum(
+        1
+    )
     hist = torch.bincount(counts, minlength=n + 1).double() / batch
     assert hist[0] == 0
     # ceil((1-r) N) with r ~ U(0,1) is uniform on 1..N.

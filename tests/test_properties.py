@@ -22,7 +22,9 @@ from maskgit.masking import pixel_to_token_mask, random_token_mask
 from maskgit.schedule import gamma
 
 SCHEDULES = ["linear", "cosine", "lab-cosine", "square", "power-2", "power-3.5", "log", "exp"]
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 

@@ -70,7 +70,9 @@ def test_log_and_exp_depend_on_token_count():
     assert gamma("exp", 0.3, 16).item() != pytest.approx(gamma("exp", 0.3, 256).item())
 
 
-@pytest.mark.parametrize("bad", ["cosin", "power-K", "power-0", "power--1", "power-x", "", "Linear"])
+@pytest.mark.parametrize(
+    "bad", ["cosin", "power-K", "power-0", "power--1", "power-x", "", "Linear"]
+)
 def test_unknown_name_lists_valid_names(bad):
     with pytest.raises(ValueError) as info:
         gamma(bad, 0.5)

@@ -49,7 +49,9 @@ def test_forward_reconstruction_equals_decode_of_tokens(tiny_vqgan):
     x = _images(2, seed=2)
     with torch.no_grad():
         recon, stats = tiny_vqgan(x)
-        torch.testing.assert_close(recon, tiny_vqgan.decode_tokens(stats.tokens), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            recon, tiny_vqgan.decode_tokens(stats.tokens), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_straight_through_passes_gradient_to_encoder(tiny_vqgan):
@@ -120,7 +122,9 @@ def test_perplexity_and_usage():
     assert 1.0 - 1e-5 <= stats.perplexity.item() <= used + 1e-4
     counts = torch.bincount(idx, minlength=8).double()
     p = counts[counts > 0] / counts.sum()
-    assert stats.perplexity.item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-5)
+    assert stats.perplexity.item() == pytest.approx(
+        torch.exp(-(p * p.log()).sum()).item(), rel=1e-5
+    )
 
 
 def test_perplexity_extremes():

@@ -52,7 +52,9 @@ def test_attention_is_bidirectional():
     q, k, v = (t.detach() for t in _qkv(3))
     v2 = v.clone()
     v2[..., -1, :] += 1.0
-    assert not torch.allclose(manual_attention(q, k, v)[..., 0, :], manual_attention(q, k, v2)[..., 0, :])
+    assert not torch.allclose(
+        manual_attention(q, k, v)[..., 0, :], manual_attention(q, k, v2)[..., 0, :]
+    )
 
 
 def test_attention_dropout_is_applied_only_when_asked():
