@@ -1,0 +1,335 @@
+"""MaskGIT pipeline: tokenizer + transformer -> inpaint, outpaint, generate.
+
+Inputs may be PIL images, numpy arrays (H, W, 3) uint8 or torch tensors (3, H, W), uint8 or
+float in [0, 1]; masks may be PIL images / arrays (read with `mask_convention`, thresholded at
+0.5) or bool tensors (H, W) in the package convention (True = repaint). Images of another
+size than the model's are resized to it (bicubic; masks nearest) and results come out at
+the model's resolution. Outputs are PIL images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from maskgit.checkpoint import CheckpointError, load_model
+from maskgit.data import to_model_range, to_rgb, to_uint8
+from maskgit.decoding import DecodeStep, check_decode_args, decode
+from maskgit.masking import pixel_mask_from_array, pixel_to_token_mask
+from maskgit.tokenizer.model import VQGAN
+from maskgit.transformer import BidirectionalTransformer
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "emoji-demo"
+MASKED_PIXEL_VALUE = 255  # what the encoder sees where pixels are to be repainted (white)
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class StepFrame:
+    """One decoding step of one image, for visualisation."""
+
+    step: int
+    token_mask: np.ndarray  # (h, w) bool, True = still unknown after this step
+    image: Image.Image  # the image decoded from this step's prediction at every position
+
+
+@dataclass
+class InpaintResult:
+    images: list[Image.Image]
+    steps: list[list[StepFrame]] = field(default_factory=list)  # per image, per step
+    token_masks: list[np.ndarray] = field(default_factory=list)  # (h, w) at the start
+
+
+class MaskGIT:
+    """A tokenizer and a transformer that share a codebook; decoding by `maskgit.decoding`."""
+
+    def __init__(
+        self,
+        tokenizer: VQGAN,
+        transformer: BidirectionalTransformer,
+        device: str | torch.device | None = None,
+    ):
+        if transformer.cfg.codebook_size != tokenizer.cfg.codebook_size:
+            raise CheckpointError(
+                f"transformer codebook {transformer.cfg.codebook_size} != tokenizer codebook "
+                f"{tokenizer.cfg.codebook_size}: they were not trained together"
+            )
+        if transformer.cfg.num_tokens != tokenizer.cfg.token_grid**2:
+            raise CheckpointError(
+                f"transformer expects {transformer.cfg.num_tokens} tokens, the tokenizer makes "
+                f"a {tokenizer.cfg.token_grid}x{tokenizer.cfg.token_grid} grid"
+            )
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.transformer = transformer.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, device: str | torch.device | None = None
+    ) -> MaskGIT:
+        """Load a model folder holding tokenizer.safetensors and transformer.safetensors.
+
+        With no path: the embedded default model shipped in the package (emoji, 64x64).
+        """
+        folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"{folder}: not a model folder (expected tokenizer.safetensors and "
+                "transformer.safetensors inside)"
+            )
+        tokenizer = load_model(folder / "tokenizer.safetensors", "tokenizer")
+        transformer = load_model(folder / "transformer.safetensors", "transformer")
+        return cls(tokenizer, transformer, device)
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.cfg.image_size
+
+    @property
+    def downsample(self) -> int:
+        return self.tokenizer.cfg.downsample
+
+    # ------------------------------------------------------------------ conversions
+
+    def _image_tensor(self, image: ImageLike) -> torch.Tensor:
+        """Any accepted image -> uint8 (3, S, S) at the model's size S."""
+        if isinstance(image, Image.Image):
+            array = np.asarray(to_rgb(image))
+        elif isinstance(image, np.ndarray):
+            array = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+            if array.shape[2] == 4:
+                array = np.asarray(to_rgb(Image.fromarray(array.astype(np.uint8), "RGBA")))
+            if array.dtype != np.uint8:
+                array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+        elif isinstance(image, torch.Tensor):
+            tensor = image.detach().cpu()
+            if tensor.is_floating_point():
+                tensor = (tensor.clamp(0, 1) * 255).round().to(torch.uint8)
+            array = tensor.permute(1, 2, 0).numpy()
+        else:
+            raise TypeError(f"unsupported image type {type(image).__name__}")
+        array = array[..., :3]
+        size = self.image_size
+        if array.shape[:2] != (size, size):
+            array = np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC))
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+    def _mask_tensor(self, mask: ImageLike, convention: str) -> torch.Tensor:
+        """Any accepted mask -> bool (S, S), True = repaint."""
+        if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+            result = mask.cpu()
+        else:
+            if isinstance(mask, Image.Image):
+                mask = np.asarray(mask.convert("L"))
+            elif isinstance(mask, torch.Tensor):
+                mask = mask.detach().cpu().float().numpy()
+            result = pixel_mask_from_array(np.asarray(mask), convention)
+        size = self.image_size
+        if tuple(result.shape) != (size, size):
+            result = (
+                F.interpolate(result[None, None].float(), size=(size, size), mode="nearest")[0, 0]
+                > 0.5
+            )
+        return result
+
+    # ------------------------------------------------------------------ decoding
+
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        with (
+            torch.no_grad(),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"),
+        ):
+            return self.transformer(tokens).float()
+
+    @torch.no_grad()
+    def _decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        grid = self.tokenizer.cfg.token_grid
+        images = self.tokenizer.decode_tokens(tokens.reshape(-1, grid, grid).to(self.device))
+        return to_uint8(images.cpu())
+
+    @torch.no_grad()
+    def fill_tokens(
+        self,
+        images: torch.Tensor,
+        pixel_masks: torch.Tensor,
+        *,
+        steps: int = 12,
+        schedule: str = "cosine",
+        sweet_spot: int | None = None,
+        temperature: float = 1.0,
+        choice_temperature: float = 4.5,
+        top_k: int | None = None,
+        seed: int = 0,
+        first_index: int = 0,
+        return_steps: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[DecodeStep]]:
+        """Core of inpaint: uint8 images (B,3,S,S) + bool masks (B,S,S) -> decoded uint8 images.
+
+        Image i uses seed + first_index + i, so results do not depend on the batching.
+        Returns (decoded images, token masks (B, h, w), step records).
+        """
+        filled = torch.where(
+            pixel_masks[:, None], torch.full_like(images, MASKED_PIXEL_VALUE), images
+        )
+        tokens = self.tokenizer.encode(to_model_range(filled).to(self.device))  # (B, h, w)
+        unknown = pixel_to_token_mask(pixel_masks, self.downsample).to(self.device)
+        gens = [torch.Generator().manual_seed(seed + first_index + i) for i in range(len(images))]
+        final, records = decode(
+            tokens.flatten(1),
+            unknown.flatten(1),
+            self._logits,
+            self.transformer.cfg.mask_token_id,
+            steps=steps,
+            sweet_spot=sweet_spot,
+            schedule=schedule,
+            temperature=temperature,
+            choice_temperature=choice_temperature,
+            top_k=top_k,
+            generator=gens,
+            record_steps=return_steps,
+        )
+        return self._decode_images(final), unknown.cpu(), records
+
+    def inpaint(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        masks: ImageLike | Sequence[ImageLike],
+        *,
+        steps: int = 12,
+        schedule: str = "cosine",
+        sweet_spot: int | None = None,
+        temperature: float = 1.0,
+        choice_temperature: float = 4.5,
+        top_k: int | None = None,
+        seed: int = 0,
+        return_steps: bool = False,
+        mask_convention: str = "white-repaint",
+        feather: int = 0,
+        batch_size: int = 32,
+    ) -> InpaintResult:
+        """Repaint the masked pixels of each image; pixels outside the mask stay exact.
+
+        `feather` > 0 blends the generated content into the hole over that many pixels
+        inside the mask edge (outside the mask nothing changes).
+        """
+        check_decode_args(steps, sweet_spot, schedule)
+        images, masks = _as_list(images), _as_list(masks)
+        if len(images) != len(masks):
+            raise ValueError(f"got {len(images)} images but {len(masks)} masks")
+        result = InpaintResult([])
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self._image_tensor(x) for x in images[start : start + batch_size]])
+            pmask = torch.stack(
+                [self._mask_tensor(m, mask_convention) for m in masks[start : start + batch_size]]
+            )
+            decoded, token_masks, records = self.fill_tokens(
+                batch,
+                pmask,
+                steps=steps,
+                schedule=schedule,
+                sweet_spot=sweet_spot,
+                temperature=temperature,
+                choice_temperature=choice_temperature,
+                top_k=top_k,
+                seed=seed,
+                first_index=start,
+                return_steps=return_steps,
+            )
+            merged = paste_known(batch, decoded, pmask, feather)
+            result.images += [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in merged]
+            result.token_masks += [m.numpy() for m in token_masks]
+            if return_steps:
+                result.steps += self._frames(records, len(batch))
+        return result
+
+    def _frames(self, records: list[DecodeStep], batch: int) -> list[list[StepFrame]]:
+        frames: list[list[StepFrame]] = [[] for _ in range(batch)]
+        grid = self.tokenizer.cfg.token_grid
+        for record in records:
+            pictures = self._decode_images(record.sampled)
+            for i in range(batch):
+                frames[i].append(
+                    StepFrame(
+                        record.step,
+                        record.unknown[i].reshape(grid, grid).numpy(),
+                        Image.fromarray(pictures[i].permute(1, 2, 0).numpy()),
+                    )
+                )
+        return frames
+
+    def outpaint(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        box: tuple[int, int, int, int] | None = None,
+        **kwargs: Any,
+    ) -> InpaintResult:
+        """Place each image inside `box` (x0, y0, x1, y1) of the model canvas; generate the rest.
+
+        Default box: the central half of the canvas. Limits: the canvas is the model's
+        resolution (no sliding window), so the given content is shrunk to fit the box.
+        """
+        size = self.image_size
+        x0, y0, x1, y1 = box or (size // 4, size // 4, size - size // 4, size - size // 4)
+        if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+            raise ValueError(f"outpaint box {(x0, y0, x1, y1)} must lie inside 0..{size}")
+        canvases, masks = [], []
+        for image in _as_list(images):
+            content = self._image_tensor(image)
+            small = F.interpolate(
+                content[None].float(),
+                size=(y1 - y0, x1 - x0),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            )[0]
+            canvas = torch.full_like(content, MASKED_PIXEL_VALUE)
+            canvas[:, y0:y1, x0:x1] = small.round().clamp(0, 255).to(torch.uint8)
+            mask = torch.ones(size, size, dtype=torch.bool)
+            mask[y0:y1, x0:x1] = False
+            canvases.append(canvas)
+            masks.append(mask)
+        return self.inpaint(canvases, masks, **kwargs)
+
+    def generate(self, n: int, **kwargs: Any) -> InpaintResult:
+        """Generate `n` images from nothing (every token unknown)."""
+        if n < 1:
+            raise ValueError(f"n={n}: expected at least 1 image")
+        size = self.image_size
+        blank = torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8)
+        full = torch.ones(size, size, dtype=torch.bool)
+        return self.inpaint([blank] * n, [full] * n, **kwargs)
+
+
+def paste_known(
+    original: torch.Tensor, decoded: torch.Tensor, pixel_masks: torch.Tensor, feather: int = 0
+) -> torch.Tensor:
+    """Known pixels from `original`, repainted ones from `decoded` (uint8 (B, 3, H, W)).
+
+    With `feather` > 0 the decoded content fades in over `feather` pixels inside the mask.
+    """
+    alpha = pixel_masks[:, None].float()  # (B, 1, H, W), 1 = take decoded
+    if feather > 0:
+        eroded, ramps = alpha, []
+        for _ in range(feather):
+            eroded = -F.max_pool2d(-eroded, 3, stride=1, padding=1)
+            ramps.append(eroded)
+        alpha = torch.stack(ramps).mean(0) * alpha
+        alpha = torch.where(alpha > 0, alpha.clamp_min(1.0 / feather), alpha)
+    mixed = alpha * decoded.float() + (1 - alpha) * original.float()
+    return mixed.round().clamp(0, 255).to(torch.uint8)
+
+
+def _as_list(items: Any) -> list:
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    if isinstance(items, torch.Tensor) and items.ndim == 4:
+        return list(items)
+    return [items]
