@@ -227,6 +227,200 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+# ---- inpaint / generate ----------------------------------------------------------------
+# Iterative decoding from the command line. Option values are checked by the package (one
+# ValueError naming the option -> `maskgit: error: ...`, exit 2) before any model is loaded
+# or any file written; the schedule is free text so the error lists every valid name.
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder with tokenizer.safetensors and transformer.safetensors "
+        "(default: the embedded emoji-demo model)",
+    )
+    p.add_argument(
+        "--schedule",
+        default="cosine",
+        help="mask schedule: linear, cosine, lab-cosine, square, power-K, log, exp "
+        "(default cosine)",
+    )
+    p.add_argument("--steps", type=int, default=12, help="decoding steps T (default 12)")
+    p.add_argument(
+        "--sweet-spot",
+        type=int,
+        default=None,
+        metavar="S",
+        help="stop after S <= T steps and fill the rest with the prediction",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature (0 = argmax; default 1.0)",
+    )
+    p.add_argument(
+        "--choice-temperature",
+        type=float,
+        default=4.5,
+        help="Gumbel noise on the confidence, annealed to 0 (default 4.5)",
+    )
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among top K")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument(
+        "--save-steps",
+        action="store_true",
+        help="also write per-step token masks, decoded images, a comparison and a GIF "
+        "into OUT/steps/",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+
+
+def _decoding_options(args: argparse.Namespace) -> dict:
+    return {
+        "steps": args.steps,
+        "sweet_spot": args.sweet_spot,
+        "schedule": args.schedule,
+        "temperature": args.temperature,
+        "choice_temperature": args.choice_temperature,
+        "top_k": args.top_k,
+    }
+
+
+def _report(what: str, paths: list, out: str, save_steps: bool, started: float) -> None:
+    from pathlib import Path
+
+    from maskgit.inpaint_files import STEPS_FOLDER
+
+    print(f"wrote {len(paths)} {what} to {out} in {time.perf_counter() - started:.1f} s")
+    if save_steps:
+        print(
+            f"wrote step visuals to {Path(out) / STEPS_FOLDER} "
+            "(<name>_tokens.png, <name>_steps.png, <name>_compare.png, <name>.gif per image)"
+        )
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    from maskgit.inpaint_files import check_options, inpaint_folder
+    from maskgit.masking import MASK_CONVENTIONS
+    from maskgit.pipeline import MaskGIT
+
+    started = time.perf_counter()
+    options = _decoding_options(args)
+    check_options(batch_size=args.batch_size, feather=args.feather, seed=args.seed, **options)
+    convention = args.mask_convention
+    if convention not in MASK_CONVENTIONS:
+        raise ValueError(
+            f"--mask-convention {convention!r}: valid: {', '.join(MASK_CONVENTIONS)}"
+        )
+    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    paths = inpaint_folder(
+        model,
+        args.images,
+        args.masks,
+        args.out,
+        gt=args.gt,
+        save_steps=args.save_steps,
+        batch_size=args.batch_size,
+        mask_convention=convention,
+        feather=args.feather,
+        seed=args.seed,
+        progress=not args.no_progress,
+        **options,
+    )
+    _report("inpainted images", paths, args.out, args.save_steps, started)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from maskgit.inpaint_files import check_options, generate_files
+    from maskgit.pipeline import MaskGIT
+
+    started = time.perf_counter()
+    options = _decoding_options(args)
+    if args.n < 1:
+        raise ValueError(f"--n {args.n}: expected at least 1 image")
+    check_options(batch_size=args.batch_size, seed=args.seed, **options)
+    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    paths = generate_files(
+        model,
+        args.n,
+        args.out,
+        save_steps=args.save_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        **options,
+    )
+    _report("generated images", paths, args.out, args.save_steps, started)
+    return 0
+
+
+def _register_inpaint_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inpaint",
+        help="repaint the masked part of images (files or folders paired by file name)",
+        description="Repaint the masked pixels of each image by iterative decoding; pixels "
+        "outside the mask stay exact. Images and masks pair by equal file name; outputs are "
+        "PNGs with the input names at the model's resolution.",
+    )
+    p.add_argument("--images", required=True, metavar="DIR|FILE", help="image file or folder")
+    p.add_argument(
+        "--masks",
+        required=True,
+        metavar="DIR|FILE",
+        help="mask file or folder (same file names as the images; one file = one mask for all)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--gt",
+        default=None,
+        metavar="DIR",
+        help="ground-truth images (same names) shown in the --save-steps comparison",
+    )
+    conv = p.add_mutually_exclusive_group()
+    conv.add_argument(
+        "--mask-convention",
+        default="white-repaint",
+        help="what white means in the mask files: white-repaint (default; diffusers, LaMa) "
+        "or white-keep (the course lab)",
+    )
+    conv.add_argument(
+        "--white-keep",
+        dest="mask_convention",
+        action="store_const",
+        const="white-keep",
+        help="shortcut for --mask-convention white-keep (the course lab's mask files)",
+    )
+    p.add_argument(
+        "--feather",
+        type=int,
+        default=0,
+        metavar="N",
+        help="blend the repainted content in over N pixels inside the mask edge (default 0)",
+    )
+    _add_decoding(p)
+    p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser(
+        "generate",
+        help="generate images from nothing by iterative decoding",
+        description="Generate N images (every token unknown at the start); image i uses "
+        "seed + i and is written as OUT/sample_<i>.png.",
+    )
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_decoding(p)
+    p.set_defaults(func=cmd_generate)
+
+
+_EXTRA_COMMANDS.append(_register_inpaint_generate)
+# ---- end inpaint / generate ------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `maskgit` command."""
     parser = build_parser()

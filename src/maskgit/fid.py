@@ -337,7 +337,7 @@ def _load_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
     except Exception as exc:  # PIL raises several types for unreadable files
         raise ValueError(f"cannot read image {path}: {exc}") from exc
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
+    return np.array(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
 
 
 def list_images(directory: str | os.PathLike) -> list[Path]:

@@ -3,8 +3,9 @@
 Inputs may be PIL images, numpy arrays (H, W, 3) uint8 or torch tensors (3, H, W), uint8 or
 float in [0, 1]; masks may be PIL images / arrays (read with `mask_convention`, thresholded at
 0.5) or bool tensors (H, W) in the package convention (True = repaint). Images of another
-size than the model's are resized to it (bicubic; masks nearest) and results come out at
-the model's resolution. Outputs are PIL images.
+size than the model's are resized to it (bicubic, aspect ratio not kept) and results come
+out at the model's resolution; masks are resized so that a model pixel is repainted when any
+mask pixel under it is (a thin stroke never vanishes). Outputs are PIL images.
 """
 
 from __future__ import annotations
@@ -104,18 +105,22 @@ class MaskGIT:
         if isinstance(image, Image.Image):
             array = np.asarray(to_rgb(image))
         elif isinstance(image, np.ndarray):
-            array = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-            if array.shape[2] == 4:
-                array = np.asarray(to_rgb(Image.fromarray(array.astype(np.uint8), "RGBA")))
-            if array.dtype != np.uint8:
+            array = image
+            if array.dtype != np.uint8:  # float in [0, 1] (before any RGBA conversion)
                 array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+            if array.ndim == 3 and array.shape[2] == 4:
+                array = np.asarray(to_rgb(Image.fromarray(array, "RGBA")))
         elif isinstance(image, torch.Tensor):
             tensor = image.detach().cpu()
             if tensor.is_floating_point():
                 tensor = (tensor.clamp(0, 1) * 255).round().to(torch.uint8)
-            array = tensor.permute(1, 2, 0).numpy()
+            array = tensor.permute(1, 2, 0).numpy() if tensor.ndim == 3 else tensor.numpy()
         else:
             raise TypeError(f"unsupported image type {type(image).__name__}")
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.shape[2] == 1:  # grayscale
+            array = np.repeat(array, 3, axis=2)
         array = array[..., :3]
         size = self.image_size
         if array.shape[:2] != (size, size):
@@ -134,9 +139,11 @@ class MaskGIT:
             result = pixel_mask_from_array(np.asarray(mask), convention)
         size = self.image_size
         if tuple(result.shape) != (size, size):
+            # "area" averages the source pixels under each model pixel: > 0 keeps every
+            # pixel to repaint (nearest would drop thin strokes when shrinking a mask)
             result = (
-                F.interpolate(result[None, None].float(), size=(size, size), mode="nearest")[0, 0]
-                > 0.5
+                F.interpolate(result[None, None].float(), size=(size, size), mode="area")[0, 0]
+                > 0
             )
         return result
 
@@ -221,7 +228,7 @@ class MaskGIT:
         inside the mask edge (outside the mask nothing changes).
         """
         check_decode_args(steps, sweet_spot, schedule)
-        images, masks = _as_list(images), _as_list(masks)
+        images, masks = _as_list(images), _as_list(masks, item_ndim=2)
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
         result = InpaintResult([])
@@ -327,9 +334,14 @@ def paste_known(
     return mixed.round().clamp(0, 255).to(torch.uint8)
 
 
-def _as_list(items: Any) -> list:
+def _as_list(items: Any, item_ndim: int = 3) -> list:
+    """A sequence or a batched tensor -> list of items; a single item -> [item].
+
+    A tensor with one dimension more than an item (images (B, 3, H, W), masks (B, H, W))
+    is a batch.
+    """
     if isinstance(items, (list, tuple)):
         return list(items)
-    if isinstance(items, torch.Tensor) and items.ndim == 4:
+    if isinstance(items, torch.Tensor) and items.ndim == item_ndim + 1:
         return list(items)
     return [items]
