@@ -197,6 +197,9 @@ def test_other_preset_against_different_config(tmp_path):
     _assert_error_names(
         path, lambda: load_weights(_transformer(shallower), state, path), "unexpected"
     )
+    # A checkpoint of another preset against that preset's config.
+    other = BidirectionalTransformer(get_preset("emoji-demo").transformer)
+    _assert_error_names(path, lambda: load_weights(other, state, path), "do not match")
     # A tokenizer state against a transformer.
     tok_path = tmp_path / "tok.safetensors"
     save_model(_vqgan(), tok_path)
@@ -306,3 +309,11 @@ def test_load_state_refuses_code(tmp_path):
     path = tmp_path / "evil.state.pt"
     torch.save({"obj": argparse.Namespace(x=1)}, path)
     _assert_error_names(path, lambda: load_state(path))
+
+
+def test_tokenizer_of_another_preset(tmp_path):
+    path = tmp_path / "tiny-tok.safetensors"
+    save_model(_vqgan(), path)
+    state = load_file(str(path))
+    other = VQGAN(get_preset("emoji-demo").tokenizer)
+    _assert_error_names(path, lambda: load_weights(other, state, path))

@@ -100,6 +100,11 @@ def test_a_given_path_that_is_missing_is_an_error_not_a_fallback(no_weights):
         find_inception_weights(no_weights / "nope.pt")
 
 
+def test_compute_fid_rejects_unknown_method_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="valid: sqrtm, eigh"):
+        compute_fid(tmp_path, tmp_path, fid_method="svd")
+
+
 def test_script_runs_the_documented_command():
     script = (REPO / "scripts" / "get_inception.sh").read_text()
     command = GET_INCEPTION.replace("python -m pip", '"$PYTHON" -m pip')
@@ -136,7 +141,7 @@ def test_tf_bilinear_resize():
     x = torch.tensor([0.0, 10.0]).reshape(1, 1, 1, 2).expand(1, 1, 2, 2)
     np.testing.assert_allclose(resize_tf_bilinear(x, 4)[0, 0, 0].numpy(), [0, 5, 10, 10])
     y = torch.rand(2, 3, 32, 48) * 255
-    assert resize_tf_bilinear(y, 48 * 0 + 299).shape == (2, 3, 299, 299)
+    assert resize_tf_bilinear(y).shape == (2, 3, 299, 299)
     torch.testing.assert_close(resize_tf_bilinear(y), nvidia_resize(y), atol=5e-3, rtol=0)
     z = torch.rand(1, 3, 5, 5)
     torch.testing.assert_close(resize_tf_bilinear(z, 5), z)

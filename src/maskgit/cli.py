@@ -142,6 +142,78 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from maskgit.demo import main as demo_main
+
+    return demo_main(args.out, args.model, args.steps, args.schedule, args.seed, args.device)
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from maskgit.fid import compute_fid
+
+    started = time.perf_counter()
+    scores = compute_fid(args.real, args.fake, batch_size=args.batch_size, device=args.device,
+                         weights=args.inception, cache=not args.no_cache,
+                         kid_subset_size=args.kid_subset_size)
+    print(f"FID {scores['fid']:.3f}  KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}  "
+          f"N real {scores['n_real']}  N fake {scores['n_fake']}  "
+          f"({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def _decode_options(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, "choice_temperature": args.choice_temperature}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from maskgit.evaluate import evaluate, load_test_set, markdown_table
+    from maskgit.pipeline import MaskGIT
+
+    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    test = load_test_set(args.images, args.masks, args.gt, model.image_size,
+                         args.mask_convention, args.limit)
+    rows = evaluate(model, test, args.out, tuple(args.baselines), args.inception,
+                    steps=args.steps, schedule=args.schedule, sweet_spot=args.sweet_spot,
+                    seed=args.seed, **_decode_options(args))
+    print(markdown_table(rows), end="")
+    print(f"wrote {args.out}/results.json, results.csv and the images (N = {len(test.names)})")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from maskgit.evaluate import load_test_set, markdown_table, sweep
+    from maskgit.pipeline import MaskGIT
+
+    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    test = load_test_set(args.images, args.masks, args.gt, model.image_size,
+                         args.mask_convention, args.limit)
+    rows = sweep(model, test, args.out, args.schedules, args.steps,
+                 [None] + args.sweet_spots, args.seeds, tuple(args.baselines), args.inception,
+                 **_decode_options(args))
+    print(markdown_table(rows), end="")
+    print(f"wrote {args.out}/sweep.csv, sweep.json, table.md, fid_vs_steps.png, "
+          f"time_vs_steps.png (N = {len(test.names)})")
+    return 0
+
+
+def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model folder (default: the embedded default)")
+    p.add_argument("--images", required=True, help="folder of images to inpaint")
+    p.add_argument("--masks", required=True, help="folder of masks with the same names")
+    p.add_argument("--gt", default=None, help="ground-truth folder (default: --images)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mask-convention", default="white-repaint",
+                   choices=["white-repaint", "white-keep"])
+    p.add_argument("--limit", type=int, default=0, help="use the first N images only")
+    p.add_argument("--baselines", nargs="*", default=[],
+                   help="reference rows: white telea navier-stokes biharmonic")
+    p.add_argument("--inception", default=None,
+                   help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--choice-temperature", type=float, default=4.5)
+    _add_common(p)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from maskgit.config import load_config
     from maskgit.pretokenize import tokens_for_training
@@ -176,6 +248,43 @@ def build_parser() -> argparse.ArgumentParser:
         "inpaint, outpaint and generate by iterative parallel decoding.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="inpaint bundled sample emoji with the embedded default")
+    p.add_argument("--out", default="maskgit-demo", help="output folder (default maskgit-demo)")
+    p.add_argument("--model", default=None, help="model folder (default: the embedded default)")
+    p.add_argument("--steps", type=int, default=12, help="decoding steps (default 12)")
+    p.add_argument("--schedule", default="cosine", help="mask schedule (default cosine)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fid", help="FID and KID between two image folders")
+    p.add_argument("real", help="folder of reference images")
+    p.add_argument("fake", help="folder of generated / inpainted images")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--inception", default=None,
+                   help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    _add_common(p)
+    p.set_defaults(func=cmd_fid)
+
+    p = sub.add_parser("evaluate", help="inpaint a test set and score it (FID, KID, PSNR...)")
+    _add_eval_inputs(p)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--schedule", default="cosine")
+    p.add_argument("--sweet-spot", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="schedules x steps x sweet spots x seeds -> CSV, plots")
+    _add_eval_inputs(p)
+    p.add_argument("--schedules", nargs="+", default=["linear", "cosine", "square"])
+    p.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 16, 24])
+    p.add_argument("--sweet-spots", nargs="*", type=int, default=[],
+                   help="also stop early after S steps (S <= steps)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("info", help="print a preset's architecture and parameter counts")
     p.add_argument("--preset", default="lab-64", help="preset name or YAML file (default lab-64)")
@@ -313,9 +422,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     check_options(batch_size=args.batch_size, feather=args.feather, seed=args.seed, **options)
     convention = args.mask_convention
     if convention not in MASK_CONVENTIONS:
-        raise ValueError(
-            f"--mask-convention {convention!r}: valid: {', '.join(MASK_CONVENTIONS)}"
-        )
+        raise ValueError(f"--mask-convention {convention!r}: valid: {', '.join(MASK_CONVENTIONS)}")
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = inpaint_folder(
         model,
@@ -419,6 +526,60 @@ def _register_inpaint_generate(sub: argparse._SubParsersAction) -> None:
 
 _EXTRA_COMMANDS.append(_register_inpaint_generate)
 # ---- end inpaint / generate ------------------------------------------------------------
+
+
+# ---- serve ------------------------------------------------------------------------------
+# `maskgit serve`: the local web demo (src/maskgit/app.py). FastAPI and uvicorn come with the
+# `web` extra and are imported only here, so the core package works without them.
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from maskgit.app import create_app
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the web demo needs FastAPI and uvicorn ({exc.name or exc} is not installed): "
+            "pip install 'maskgit[web]'"
+        ) from exc
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: expected 0 to 65535")
+    app = create_app(args.model, device=args.device)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"maskgit: warning: serving on {args.host}: the demo has no authentication; "
+            "anyone who can reach this port can use it",
+            file=sys.stderr,
+        )
+    print(
+        f"MaskGIT demo on http://{args.host}:{args.port}/ (model "
+        f"{args.model or 'embedded default'} loading in the background; Ctrl+C stops)",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the local web demo: draw a mask, watch MaskGIT fill it step by step",
+        description="Serve a local web page (FastAPI; needs `pip install 'maskgit[web]'`) to "
+        "inpaint an image through a painted mask or generate images, showing every decoding "
+        "step. Nothing is fetched from the internet.",
+    )
+    p.add_argument(
+        "--model", default=None, help="model folder (default: the embedded default model)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    _add_common(p)
+    p.set_defaults(func=cmd_serve)
+
+
+_EXTRA_COMMANDS.append(_register_serve)
+# ---- end serve ----------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -320,7 +320,7 @@ def _emoji_demo() -> Preset:
             val_fraction=0.05,
         ),
         transformer_training=TrainingConfig(
-            epochs=12,
+            epochs=8,
             batch_size=32,
             lr=6e-4,
             min_lr=2e-5,

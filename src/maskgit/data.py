@@ -136,7 +136,8 @@ def split_indices(names: list[str], val_fraction: float) -> tuple[list[int], lis
     """Train and validation indices of `names` by hash split."""
     train, val = [], []
     for i, name in enumerate(names):
-        (val if split_of(name, val_fraction) == "val" else train).append(i)
+        base = name.split("#", 1)[0]  # a flipped copy ("x.png#hflip") follows its original
+        (val if split_of(base, val_fraction) == "val" else train).append(i)
     if not train:
         raise DataError(f"no training images left after a {val_fraction:.0%} validation split")
     return train, val

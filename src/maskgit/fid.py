@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from maskgit.metrics import feature_statistics, frechet_distance, kid_from_features
+from maskgit.metrics import FID_METHODS, feature_statistics, frechet_distance, kid_from_features
 
 INCEPTION_SIZE = 87335461
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -402,8 +402,9 @@ def folder_statistics(
     RGB (alpha composited on white). With cache=True the features are stored in
     `<directory>/.maskgit-fid-stats.npz`, keyed by the files' names, sizes and mtimes and
     the preprocessing; a stale cache is recomputed, and mu/sigma are derived from the stored
-    features (exact, smaller than storing sigma). `extractor` is only built (from weights,
-    device, batch_size, resize) when the features are not cached.
+    features (exact, smaller than storing sigma). Without `extractor` one is built (from
+    weights, device, batch_size, resize) when the features are not cached; with one, its
+    own device and resize mode are used.
     """
     files = list_images(directory)
     if len(files) < 2:
@@ -464,16 +465,16 @@ def compute_fid(
     n_real / n_fake beside it. The Inception network is loaded once, and only when a folder's
     cached features are missing or stale.
     """
+    if fid_method not in FID_METHODS:
+        raise ValueError(f"unknown fid_method {fid_method!r}; valid: {', '.join(FID_METHODS)}")
     # Weights are found and verified now (fail fast); the network loads only on first use.
     extractor = InceptionFeatures(weights, device, batch_size, resize, progress)
-
-    def stats(directory):
-        return folder_statistics(
-            directory, batch_size, device, cache, extractor=extractor, progress=progress
-        )
-
-    mu_r, sigma_r, feat_r, n_real = stats(real_dir)
-    mu_f, sigma_f, feat_f, n_fake = stats(fake_dir)
+    mu_r, sigma_r, feat_r, n_real = folder_statistics(
+        real_dir, batch_size, cache=cache, extractor=extractor, progress=progress
+    )
+    mu_f, sigma_f, feat_f, n_fake = folder_statistics(
+        fake_dir, batch_size, cache=cache, extractor=extractor, progress=progress
+    )
     fid = frechet_distance(mu_r, sigma_r, mu_f, sigma_f, method=fid_method)
     kid_mean, kid_std = kid_from_features(
         feat_r, feat_f, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed

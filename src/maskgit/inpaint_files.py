@@ -115,9 +115,7 @@ def _match(
     return [table[p.stem] for p in images]
 
 
-def pair_inputs(
-    images: str | Path, masks: str | Path, gt: str | Path | None = None
-) -> list[Pair]:
+def pair_inputs(images: str | Path, masks: str | Path, gt: str | Path | None = None) -> list[Pair]:
     """Pair image files with mask files (and ground-truth files); see the module docstring."""
     image_files, images_is_folder = _files(images, "images")
     if images_is_folder:

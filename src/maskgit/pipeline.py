@@ -125,7 +125,7 @@ class MaskGIT:
         size = self.image_size
         if array.shape[:2] != (size, size):
             array = np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC))
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)  # a copy
 
     def _mask_tensor(self, mask: ImageLike, convention: str) -> torch.Tensor:
         """Any accepted mask -> bool (S, S), True = repaint."""
@@ -142,8 +142,7 @@ class MaskGIT:
             # "area" averages the source pixels under each model pixel: > 0 keeps every
             # pixel to repaint (nearest would drop thin strokes when shrinking a mask)
             result = (
-                F.interpolate(result[None, None].float(), size=(size, size), mode="area")[0, 0]
-                > 0
+                F.interpolate(result[None, None].float(), size=(size, size), mode="area")[0, 0] > 0
             )
         return result
 
@@ -228,6 +227,10 @@ class MaskGIT:
         inside the mask edge (outside the mask nothing changes).
         """
         check_decode_args(steps, sweet_spot, schedule)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected at least 1")
+        if feather < 0:
+            raise ValueError(f"feather={feather}: expected 0 (no feathering) or more pixels")
         images, masks = _as_list(images), _as_list(masks, item_ndim=2)
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
@@ -320,16 +323,19 @@ def paste_known(
 ) -> torch.Tensor:
     """Known pixels from `original`, repainted ones from `decoded` (uint8 (B, 3, H, W)).
 
-    With `feather` > 0 the decoded content fades in over `feather` pixels inside the mask.
+    With `feather` > 0 the decoded content fades in over `feather` pixels inside the mask:
+    weight d / feather at d pixels inside the edge (1 on the edge), full from d = feather on.
     """
     alpha = pixel_masks[:, None].float()  # (B, 1, H, W), 1 = take decoded
     if feather > 0:
-        eroded, ramps = alpha, []
-        for _ in range(feather):
+        # a mask pixel d pixels inside the edge (d = 1 on the edge, chessboard distance)
+        # survives d - 1 erosions: the mean of the mask and its first feather - 1 erosions
+        # is min(d, feather) / feather, > 0 everywhere inside the mask, 0 outside
+        eroded, ramps = alpha, [alpha]
+        for _ in range(feather - 1):
             eroded = -F.max_pool2d(-eroded, 3, stride=1, padding=1)
             ramps.append(eroded)
-        alpha = torch.stack(ramps).mean(0) * alpha
-        alpha = torch.where(alpha > 0, alpha.clamp_min(1.0 / feather), alpha)
+        alpha = torch.stack(ramps).mean(0)
     mixed = alpha * decoded.float() + (1 - alpha) * original.float()
     return mixed.round().clamp(0, 255).to(torch.uint8)
 

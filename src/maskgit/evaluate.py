@@ -1,0 +1,321 @@
+"""Evaluation: inpaint a test set, score it (FID, KID, masked PSNR/SSIM/L1), compare with
+classical baselines, and sweep decoding settings (the schedule study).
+
+Images are uint8 tensors (N, 3, H, W); pixel masks bool (N, H, W), True = repaint.
+FID/KID compare the inpainted images with the ground-truth images (N of each: report N,
+small-N FID is biased upwards and only comparable at equal N).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from maskgit.data import DataError, list_images, load_image
+from maskgit.fid import InceptionFeatures
+from maskgit.masking import pixel_mask_from_array
+from maskgit.metrics import (
+    fid_from_features,
+    kid_from_features,
+    masked_l1,
+    masked_psnr,
+    masked_ssim,
+)
+from maskgit.pipeline import MaskGIT, paste_known
+from maskgit.visualize import save_png
+
+BASELINES = ("white", "telea", "navier-stokes", "biharmonic")
+
+
+@dataclass
+class TestSet:
+    """Images to inpaint, their masks and the ground truth, aligned by file name."""
+
+    names: list[str]
+    images: torch.Tensor  # (N, 3, S, S) uint8, what the model gets (masked or not)
+    masks: torch.Tensor  # (N, S, S) bool, True = repaint
+    truth: torch.Tensor  # (N, 3, S, S) uint8
+
+
+def load_test_set(
+    images: str | Path,
+    masks: str | Path,
+    gt: str | Path | None,
+    size: int,
+    mask_convention: str = "white-repaint",
+    limit: int = 0,
+) -> TestSet:
+    """Read three folders paired by file stem; `gt` defaults to `images`."""
+    image_files = list_images(images)
+    mask_files = {p.stem: p for p in list_images(masks)}
+    truth_files = {p.stem: p for p in list_images(gt)} if gt is not None else None
+    missing = [p.name for p in image_files if p.stem not in mask_files]
+    if missing:
+        raise DataError(f"{masks}: no mask for {len(missing)} image(s), e.g. {missing[:3]}")
+    if truth_files is not None:
+        absent = [p.name for p in image_files if p.stem not in truth_files]
+        if absent:
+            raise DataError(f"{gt}: no ground truth for {len(absent)} image(s), e.g. {absent[:3]}")
+    if limit:
+        image_files = image_files[:limit]
+    imgs, msks, truths = [], [], []
+    for path in image_files:
+        imgs.append(load_image(path, size))
+        raw = np.asarray(
+            Image.open(mask_files[path.stem]).convert("L").resize((size, size), Image.NEAREST)
+        )
+        msks.append(pixel_mask_from_array(raw, mask_convention))
+        truths.append(load_image(truth_files[path.stem], size) if truth_files else imgs[-1])
+
+    def stack(arrays):
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    return TestSet([p.name for p in image_files], stack(imgs), torch.stack(msks), stack(truths))
+
+
+def baseline_fill(name: str, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Classical inpainting of uint8 images (N, 3, H, W) under bool masks (N, H, W)."""
+    if name == "white":
+        return paste_known(images, torch.full_like(images, 255), masks)
+    out = []
+    for image, mask in zip(images.permute(0, 2, 3, 1).numpy(), masks.numpy(), strict=True):
+        if name in ("telea", "navier-stokes"):
+            try:
+                import cv2
+            except ImportError as exc:
+                raise ImportError(
+                    "baselines need opencv: pip install 'maskgit[baselines]'"
+                ) from exc
+            flag = cv2.INPAINT_TELEA if name == "telea" else cv2.INPAINT_NS
+            filled = cv2.inpaint(image, mask.astype(np.uint8) * 255, 3, flag)
+        elif name == "biharmonic":
+            try:
+                from skimage.restoration import inpaint_biharmonic
+            except ImportError as exc:
+                raise ImportError(
+                    "baselines need scikit-image: pip install 'maskgit[baselines]'"
+                ) from exc
+            filled = (inpaint_biharmonic(image, mask, channel_axis=-1) * 255).round()
+        else:
+            raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+        out.append(np.clip(filled, 0, 255).astype(np.uint8))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+class Scorer:
+    """Scores result sets against one ground truth; the truth's features are computed once."""
+
+    def __init__(self, test: TestSet, inception: InceptionFeatures, kid_subset_size: int = 100):
+        self.test = test
+        self.inception = inception
+        self.kid_subset_size = kid_subset_size
+        self.real = inception.features(test.truth, progress=False)
+
+    def score(self, results: torch.Tensor) -> dict[str, float]:
+        fake = self.inception.features(results, progress=False)
+        n = len(results)
+        kid_mean, kid_std = kid_from_features(
+            self.real, fake, subsets=50, subset_size=min(self.kid_subset_size, n)
+        )
+        x = results.float() / 255.0
+        y = self.test.truth.float() / 255.0
+        return {
+            "fid": fid_from_features(self.real, fake),
+            "kid_mean": kid_mean,
+            "kid_std": kid_std,
+            "psnr": float(masked_psnr(x, y, self.test.masks)),
+            "ssim": float(masked_ssim(x, y, self.test.masks)),
+            "l1": float(masked_l1(x, y, self.test.masks)),
+            "n": n,
+        }
+
+
+def inpaint_set(
+    model: MaskGIT, test: TestSet, batch_size: int = 64, **decode
+) -> tuple[torch.Tensor, float]:
+    """Inpaint the whole test set; returns uint8 results (N, 3, S, S) and seconds per image."""
+    outputs = []
+    started = time.perf_counter()
+    for start in range(0, len(test.images), batch_size):
+        result = model.inpaint(
+            list(test.images[start : start + batch_size]),
+            list(test.masks[start : start + batch_size]),
+            batch_size=batch_size,
+            **decode,
+        )
+        outputs += [torch.from_numpy(np.asarray(img)).permute(2, 0, 1) for img in result.images]
+    elapsed = time.perf_counter() - started
+    return torch.stack(outputs), elapsed / len(test.images)
+
+
+def write_images(folder: Path, names: list[str], images: torch.Tensor) -> None:
+    for name, image in zip(names, images, strict=True):
+        save_png(
+            Image.fromarray(image.permute(1, 2, 0).numpy()), folder / (Path(name).stem + ".png")
+        )
+
+
+def evaluate(
+    model: MaskGIT,
+    test: TestSet,
+    out: str | Path,
+    baselines: tuple[str, ...] = (),
+    inception_weights: str | None = None,
+    **decode,
+) -> list[dict]:
+    """Inpaint + score MaskGIT (and baselines); write images, results.json and results.csv."""
+    out = Path(out)
+    scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
+    rows = []
+    results, seconds = inpaint_set(model, test, **decode)
+    write_images(out / "maskgit", test.names, results)
+    rows.append(
+        {"method": "maskgit", **_settings(decode), **scorer.score(results), "s_per_image": seconds}
+    )
+    for name in tqdm(baselines, desc="baselines", leave=False):
+        started = time.perf_counter()
+        filled = baseline_fill(name, test.images, test.masks)
+        seconds = (time.perf_counter() - started) / len(test.images)
+        write_images(out / name, test.names, filled)
+        rows.append({"method": name, **scorer.score(filled), "s_per_image": seconds})
+    write_rows(out / "results", rows)
+    return rows
+
+
+def _settings(decode: dict) -> dict:
+    keys = ("schedule", "steps", "sweet_spot", "temperature", "choice_temperature", "seed")
+    return {k: decode.get(k) for k in keys if k in decode}
+
+
+def write_rows(stem: Path, rows: list[dict]) -> None:
+    """Write rows as `<stem>.json` and `<stem>.csv`."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(stem.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def sweep(
+    model: MaskGIT,
+    test: TestSet,
+    out: str | Path,
+    schedules: list[str],
+    steps: list[int],
+    sweet_spots: list[int | None],
+    seeds: list[int],
+    baselines: tuple[str, ...] = (),
+    inception_weights: str | None = None,
+    temperature: float = 1.0,
+    choice_temperature: float = 4.5,
+) -> list[dict]:
+    """Schedules x steps x sweet spots x seeds -> sweep.csv/json, plots and table.md."""
+    out = Path(out)
+    scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
+    configs = [
+        (sc, t, s, seed)
+        for sc in schedules
+        for t in steps
+        for s in sweet_spots
+        for seed in seeds
+        if s is None or s <= t
+    ]
+    rows = []
+    for schedule, total, spot, seed in tqdm(configs, desc="sweep"):
+        results, seconds = inpaint_set(
+            model,
+            test,
+            steps=total,
+            sweet_spot=spot,
+            schedule=schedule,
+            seed=seed,
+            temperature=temperature,
+            choice_temperature=choice_temperature,
+        )
+        rows.append(
+            {
+                "method": "maskgit",
+                "schedule": schedule,
+                "steps": total,
+                "sweet_spot": spot or total,
+                "seed": seed,
+                **scorer.score(results),
+                "s_per_image": seconds,
+            }
+        )
+        write_rows(out / "sweep", rows)  # keep what is done if interrupted
+    for name in baselines:
+        rows.append({"method": name, **scorer.score(baseline_fill(name, test.images, test.masks))})
+    write_rows(out / "sweep", rows)
+    plot_sweep(rows, out)
+    (out / "table.md").write_text(markdown_table(rows))
+    return rows
+
+
+def _mean_by(rows: list[dict], key: str) -> dict:
+    """Average fid and time over seeds for each (schedule, steps, sweet_spot)."""
+    groups: dict = {}
+    for row in rows:
+        if row["method"] != "maskgit":
+            continue
+        groups.setdefault((row["schedule"], row["steps"], row["sweet_spot"]), []).append(row[key])
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def plot_sweep(rows: list[dict], out: Path) -> None:
+    """fid_vs_steps.png (one line per schedule, baselines dashed) and time_vs_steps.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, label, name in (
+        ("fid", "FID (lower is better)", "fid_vs_steps.png"),
+        ("s_per_image", "seconds per image", "time_vs_steps.png"),
+    ):
+        means = _mean_by(rows, key)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for schedule in dict.fromkeys(k[0] for k in means):
+            points = sorted(
+                (k[1], v) for k, v in means.items() if k[0] == schedule and k[1] == k[2]
+            )
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=schedule)
+        if key == "fid":
+            for row in rows:
+                if row["method"] != "maskgit":
+                    ax.axhline(row["fid"], linestyle="--", linewidth=1, color="grey")
+                    ax.annotate(row["method"], (ax.get_xlim()[0], row["fid"]), fontsize=7)
+        ax.set_xlabel("decoding steps")
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A markdown table of the sweep (means over seeds) plus baseline rows."""
+    lines = [
+        "| method | schedule | steps | sweet spot | FID | KID x1000 | PSNR | SSIM | L1 | s/img |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row.get('schedule', '')} | {row.get('steps', '')} | "
+            f"{row.get('sweet_spot', '')} | {row['fid']:.2f} | {1000 * row['kid_mean']:.2f} | "
+            f"{row['psnr']:.2f} | {row['ssim']:.3f} | {row['l1']:.4f} | "
+            f"{row.get('s_per_image', float('nan')):.3f} |"
+        )
+    return "\n".join(lines) + "\n"

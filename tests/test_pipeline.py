@@ -1,0 +1,284 @@
+"""MaskGIT pipeline on tiny random models: exactness of known pixels, determinism, batching,
+step records, sweet spot, outpainting, mask conventions and resizing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskgit.config import get_preset
+from maskgit.pipeline import MaskGIT, paste_known
+from maskgit.tokenizer.model import VQGAN
+from maskgit.transformer import BidirectionalTransformer
+
+torch.set_num_threads(1)
+
+SIZE = 16  # tiny preset: 16x16 images, 4x4 tokens (downsample 4)
+GRID = 4
+
+
+@pytest.fixture(scope="module")
+def model() -> MaskGIT:
+    preset = get_preset("tiny")
+    torch.manual_seed(0)
+    return MaskGIT(VQGAN(preset.tokenizer), BidirectionalTransformer(preset.transformer), "cpu")
+
+
+def random_images(n: int, seed: int = 0, size: int = SIZE) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)
+    ]
+
+
+def box_mask(y0=4, y1=12, x0=4, x1=12, size=SIZE) -> torch.Tensor:
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def arrays(images) -> list[np.ndarray]:
+    return [np.asarray(img) for img in images]
+
+
+def assert_same_images(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(arrays(a), arrays(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+# --------------------------------------------------------------------------- known pixels
+
+
+def test_empty_mask_returns_the_input_pixel_exact(model):
+    images = random_images(2)
+    empty = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    result = model.inpaint(images, [empty, empty])
+    assert_same_images(result.images, images)
+    # the same through a mask *file* convention (all black = nothing to repaint)
+    black = Image.new("L", (SIZE, SIZE), 0)
+    assert_same_images(model.inpaint(images[0], black).images, images[:1])
+
+
+@pytest.mark.parametrize("feather", [0, 2])
+def test_outside_the_mask_the_output_equals_the_input(model, feather):
+    images = random_images(3, seed=1)
+    masks = [box_mask(), box_mask(0, 8, 0, 16), box_mask(5, 7, 9, 14)]
+    result = model.inpaint(images, masks, feather=feather, seed=3)
+    for out, original, mask in zip(arrays(result.images), arrays(images), masks, strict=True):
+        keep = ~mask.numpy()
+        assert out.shape == (SIZE, SIZE, 3)
+        np.testing.assert_array_equal(out[keep], original[keep])
+        assert not np.array_equal(out[~keep], original[~keep])  # the hole was repainted
+
+
+def test_feather_only_changes_a_band_inside_the_mask_edge(model):
+    image = random_images(1, seed=2)
+    mask = box_mask(2, 14, 2, 14)
+    sharp = np.asarray(model.inpaint(image, mask, seed=4).images[0])
+    soft = np.asarray(model.inpaint(image, mask, seed=4, feather=3).images[0])
+    deep = box_mask(5, 11, 5, 11).numpy()  # 3 pixels or more from the edge
+    np.testing.assert_array_equal(soft[deep], sharp[deep])
+    band = mask.numpy() & ~deep
+    assert not np.array_equal(soft[band], sharp[band])
+
+
+def test_paste_known_feather_alpha():
+    original = torch.zeros(1, 3, 12, 12, dtype=torch.uint8)
+    decoded = torch.full((1, 3, 12, 12), 200, dtype=torch.uint8)
+    mask = box_mask(2, 10, 2, 10, size=12)[None]
+    out = paste_known(original, decoded, mask, feather=3)[0, 0]
+    assert (out[~mask[0]] == 0).all()  # outside: exact original
+    assert (out[mask[0]] > 0).all()  # inside: some decoded content everywhere
+    assert out[5, 5] == 200  # the centre is fully decoded
+    assert out[2, 5] < out[3, 5] < out[4, 5] <= 200  # ramp from the edge inwards
+    np.testing.assert_array_equal(
+        paste_known(original, decoded, mask, 0)[0, 0].numpy(), np.where(mask[0], 200, 0)
+    )
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_full_mask_equals_generate_with_the_same_seed(model):
+    full = torch.ones(SIZE, SIZE, dtype=torch.bool)
+    inpainted = model.inpaint(random_images(2, seed=5), [full, full], seed=7, steps=6)
+    generated = model.generate(2, seed=7, steps=6)
+    assert_same_images(inpainted.images, generated.images)
+
+
+def test_same_seed_same_output_other_seed_other_output(model):
+    images, masks = random_images(2, seed=6), [box_mask(), box_mask(0, 16, 0, 8)]
+    first = model.inpaint(images, masks, seed=11)
+    again = model.inpaint(images, masks, seed=11)
+    other = model.inpaint(images, masks, seed=12)
+    assert_same_images(first.images, again.images)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(arrays(first.images), arrays(other.images), strict=True)
+    )
+
+
+def test_an_image_gets_the_same_output_alone_or_inside_a_batch(model):
+    images = random_images(3, seed=8)
+    masks = [box_mask(), box_mask(0, 10, 3, 16), box_mask(8, 16, 0, 16)]
+    batched = model.inpaint(images, masks, seed=2, batch_size=3)
+    one_by_one = model.inpaint(images, masks, seed=2, batch_size=1)
+    alone = model.inpaint(images[0], masks[0], seed=2)  # image 0 uses seed + 0 either way
+    assert_same_images(batched.images, one_by_one.images)
+    assert_same_images(alone.images, batched.images[:1])
+    generated = model.generate(3, seed=9, batch_size=2, steps=5)
+    assert_same_images(generated.images, model.generate(3, seed=9, batch_size=3, steps=5).images)
+
+
+# --------------------------------------------------------------------------- step records
+
+
+def unknown_counts(frames) -> list[int]:
+    return [int(frame.token_mask.sum()) for frame in frames]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "lab-cosine"])
+def test_return_steps_gives_one_frame_per_step_and_the_mask_shrinks(model, schedule):
+    images = random_images(2, seed=9)
+    masks = [box_mask(0, 16, 0, 16), box_mask(0, 8, 0, 12)]
+    result = model.inpaint(images, masks, steps=7, schedule=schedule, return_steps=True)
+    assert len(result.steps) == 2
+    for frames, start_mask in zip(result.steps, result.token_masks, strict=True):
+        assert len(frames) == 7
+        assert [f.step for f in frames] == list(range(7))
+        counts = unknown_counts(frames)
+        assert counts[0] < int(start_mask.sum())
+        # never more unknown tokens than before (it may stay at 1 until the last step)
+        assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+        assert counts[-2] >= 1  # while steps remain, at least one token stays unknown
+        assert counts[-1] == 0 and not frames[-1].token_mask.any()
+        for frame in frames:
+            assert frame.token_mask.shape == (GRID, GRID) and frame.token_mask.dtype == bool
+            assert not (frame.token_mask & ~start_mask).any()  # never outside the start mask
+            assert frame.image.size == (SIZE, SIZE)
+    assert int(result.token_masks[0].sum()) == GRID * GRID
+    assert int(result.token_masks[1].sum()) == 2 * 3
+
+
+def test_sweet_spot_stops_early_with_nothing_left_unknown(model):
+    result = model.generate(2, steps=12, sweet_spot=4, return_steps=True, seed=1)
+    for frames in result.steps:
+        assert len(frames) == 4
+        counts = unknown_counts(frames)
+        assert counts[-1] == 0 and counts[-2] > 0
+    full = model.generate(1, steps=12, return_steps=True, seed=1)
+    assert len(full.steps[0]) == 12
+    # the first steps are the same decisions: the sweet spot only cuts the run short
+    np.testing.assert_array_equal(full.steps[0][0].token_mask, result.steps[0][0].token_mask)
+
+
+def test_empty_mask_runs_no_step(model):
+    result = model.inpaint(
+        random_images(1), torch.zeros(SIZE, SIZE, dtype=torch.bool), return_steps=True
+    )
+    assert result.steps == [[]]
+    assert not result.token_masks[0].any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps=0"),
+        ({"steps": 4, "sweet_spot": 5}, "sweet_spot=5"),
+        ({"schedule": "wiggly"}, "valid: linear, cosine"),
+    ],
+)
+def test_bad_decoding_options_raise_value_error(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.inpaint(random_images(1), box_mask(), **kwargs)
+
+
+# --------------------------------------------------------------------------- outpainting
+
+
+def test_outpaint_keeps_the_shrunk_content_inside_the_box(model):
+    colour = (200, 30, 90)
+    content = Image.new("RGB", (40, 24), colour)  # another size and aspect: resized to fit
+    result = model.outpaint([content, content], box=(4, 4, 12, 12), seed=3)
+    for image in arrays(result.images):
+        assert image.shape == (SIZE, SIZE, 3)
+        assert (image[4:12, 4:12] == colour).all()
+        assert not (image == colour).all()  # the surroundings were generated
+    assert result.token_masks[0].sum() == GRID * GRID - 4  # the 2x2 tokens inside the box
+    default = model.outpaint(content, seed=3)  # central half
+    assert (np.asarray(default.images[0])[4:12, 4:12] == colour).all()
+    with pytest.raises(ValueError, match="outpaint box"):
+        model.outpaint(content, box=(0, 0, SIZE + 1, 8))
+
+
+# --------------------------------------------------------------------------- mask inputs
+
+
+def test_white_keep_mask_file_is_the_inverse_of_white_repaint(model):
+    image = random_images(1, seed=10)
+    hole = box_mask().numpy()
+    repaint_file = Image.fromarray(np.where(hole, 255, 0).astype(np.uint8))  # white = repaint
+    keep_file = Image.fromarray(np.where(hole, 0, 255).astype(np.uint8))  # white = keep (lab)
+    expected = model.inpaint(image, box_mask(), seed=5)
+    as_repaint = model.inpaint(image, repaint_file, seed=5)
+    as_keep = model.inpaint(image, keep_file, seed=5, mask_convention="white-keep")
+    assert_same_images(as_repaint.images, expected.images)
+    assert_same_images(as_keep.images, expected.images)
+    np.testing.assert_array_equal(as_keep.token_masks[0], expected.token_masks[0])
+    with pytest.raises(ValueError, match="white-repaint, white-keep"):
+        model.inpaint(image, keep_file, mask_convention="black-keep")
+
+
+def test_non_binary_masks_are_thresholded_at_one_half(model):
+    image = random_images(1, seed=11)
+    hole = box_mask().numpy()
+    expected = model.inpaint(image, box_mask(), seed=6).images
+    soft_float = np.where(hole, 0.51, 0.49).astype(np.float32)
+    soft_uint8 = np.where(hole, 128, 127).astype(np.uint8)  # 128/255 > 0.5 > 127/255
+    grey_rgb = np.repeat(soft_uint8[..., None], 3, axis=2)
+    for mask in (soft_float, soft_uint8, grey_rgb, Image.fromarray(soft_uint8)):
+        assert_same_images(model.inpaint(image, mask, seed=6).images, expected)
+
+
+def test_a_batch_of_masks_as_one_tensor(model):
+    images = torch.from_numpy(np.stack(arrays(random_images(3, seed=12)))).permute(0, 3, 1, 2)
+    masks = torch.stack([box_mask(), box_mask(0, 4, 0, 4), box_mask(8, 16, 8, 16)])  # (3, H, W)
+    result = model.inpaint(images, masks, seed=1)
+    listed = model.inpaint(list(images), list(masks), seed=1)
+    assert len(result.images) == 3
+    assert_same_images(result.images, listed.images)
+
+
+def test_an_image_of_another_size_is_resized_to_the_model(model):
+    big = random_images(1, seed=13, size=2 * SIZE)[0]
+    nothing = Image.new("L", big.size, 0)
+    result = model.inpaint(big, nothing)
+    assert result.images[0].size == (SIZE, SIZE)
+    expected = np.asarray(big.resize((SIZE, SIZE), Image.BICUBIC))
+    np.testing.assert_array_equal(np.asarray(result.images[0]), expected)
+
+
+def test_shrinking_a_mask_keeps_thin_strokes(model):
+    stroke = np.zeros((4 * SIZE, 4 * SIZE), dtype=np.uint8)
+    stroke[:, 21] = 255  # one pixel wide: nearest-neighbour shrinking would lose it
+    big = random_images(1, seed=14, size=4 * SIZE)[0]
+    result = model.inpaint(big, stroke)
+    column = 21 // 4  # model pixel 5 -> token column 1
+    assert result.token_masks[0][:, column // 4].all()
+    assert result.token_masks[0].sum() == GRID
+
+
+def test_float_and_grayscale_inputs(model):
+    rng = np.random.default_rng(15)
+    rgba = rng.random((SIZE, SIZE, 4)).astype(np.float32)
+    rgba[..., 3] = 1.0  # opaque
+    gray = torch.rand(1, SIZE, SIZE)
+    empty = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    out = np.asarray(model.inpaint(rgba, empty).images[0])
+    np.testing.assert_array_equal(out, (rgba[..., :3] * 255).round().astype(np.uint8))
+    out = np.asarray(model.inpaint(gray, empty).images[0])
+    expected = (gray[0].numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(out, np.repeat(expected[..., None], 3, axis=2))

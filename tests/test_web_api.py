@@ -1,0 +1,356 @@
+"""The web demo's JSON API against a real uvicorn server on a free port (tiny random model)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from maskgit.app import EMPTY_MASK_MESSAGE, LOADING_MESSAGE, create_app  # noqa: E402
+from maskgit.checkpoint import save_model  # noqa: E402
+from maskgit.config import get_preset  # noqa: E402
+from maskgit.tokenizer.model import VQGAN  # noqa: E402
+from maskgit.transformer import BidirectionalTransformer  # noqa: E402
+
+torch.set_num_threads(1)
+SIZE = 16  # the tiny preset's image size
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_tiny_model_dir(folder: Path) -> Path:
+    preset = get_preset("tiny")
+    torch.manual_seed(0)
+    save_model(VQGAN(preset.tokenizer), folder / "tokenizer.safetensors")
+    save_model(BidirectionalTransformer(preset.transformer), folder / "transformer.safetensors")
+    return folder
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """Serve `app` with uvicorn on 127.0.0.1 and a free port in a thread; yields the base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, decoded JSON) for any HTTP status."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def post_form(url: str, fields: dict | None = None, files: dict | None = None):
+    """multipart/form-data POST: fields {name: value}, files {name: (filename, bytes)}."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in (fields or {}).items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        )
+    for name, (filename, data) in (files or {}).items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return request("POST", url, body, headers)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def from_data_url(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def make_image(size: int = 24) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    return np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], -1).astype(np.uint8)
+
+
+def centre_mask(size: int = SIZE) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return mask
+
+
+def wait_job(base: str, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, job = request("GET", f"{base}/api/jobs/{job_id}")
+        assert status == 200, job
+        if job["status"] in ("done", "error"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not finished after {timeout} s: {job}")
+
+
+def wait_ready(base: str, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, info = request("GET", f"{base}/api/health")
+        if info["status"] != "loading":
+            return info
+        time.sleep(0.05)
+    raise AssertionError("model did not load")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def samples_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("samples")
+    Image.fromarray(make_image(16)).save(folder / "gradient.png")
+    (folder / "notes.txt").write_text("not a sample")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base(model_dir, samples_dir):
+    with running_server(create_app(str(model_dir), device="cpu", samples_dir=samples_dir)) as url:
+        info = wait_ready(url)
+        assert info["status"] == "ready", info
+        yield url
+
+
+def submit_inpaint(base: str, image: bytes, mask: bytes, **fields) -> tuple[int, dict]:
+    fields = {"steps": "4", "schedule": "cosine", "seed": "1", **fields}
+    return post_form(
+        f"{base}/api/inpaint", fields, {"image": ("in.png", image), "mask": ("mask.png", mask)}
+    )
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_health_and_page(base):
+    status, info = request("GET", f"{base}/api/health")
+    assert status == 200 and info["status"] == "ready" and info["loaded"]
+    assert info["image_size"] == SIZE and info["token_grid"] == 4
+    with urllib.request.urlopen(f"{base}/", timeout=10) as response:
+        html = response.read().decode()
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert 'id="mask-canvas"' in html and "/static/app.js" in html
+    for name in ("index.html", "app.js", "app.css"):
+        text = (Path(__file__).parents[1] / "src/maskgit/web" / name).read_text()
+        assert "http://" not in text and "https://" not in text, f"{name} refers outside"
+    with urllib.request.urlopen(f"{base}/static/app.js", timeout=10) as response:
+        assert b"maskgitExportMask" in response.read()
+
+
+def test_inpaint_end_to_end(base):
+    source = make_image(24)  # resized server-side to 16x16 like the pipeline does
+    status, answer = submit_inpaint(base, png(source), png(centre_mask()), steps="5")
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    assert job["status"] == "done", job
+    assert job["progress"] == {"done": 5, "total": 5}
+    assert any("resized" in note for note in job["notices"])
+    result = job["result"]
+    assert result["image_size"] == SIZE and len(result["images"]) == 1
+    expected_input = np.asarray(Image.fromarray(source).resize((SIZE, SIZE), Image.BICUBIC))
+    np.testing.assert_array_equal(from_data_url(result["input"]), expected_input)
+    mask = from_data_url(result["mask"]) > 127
+    np.testing.assert_array_equal(mask, centre_mask() > 0)
+    entry = result["images"][0]
+    out = from_data_url(entry["image"])
+    assert out.shape == (SIZE, SIZE, 3)
+    np.testing.assert_array_equal(out[~mask], expected_input[~mask])  # known pixels exact
+    assert len(entry["steps"]) == 5
+    assert [s["step"] for s in entry["steps"]] == [1, 2, 3, 4, 5]
+    assert from_data_url(entry["token_mask"]).shape == (4, 4)
+    assert entry["token_mask"] and from_data_url(entry["token_mask"]).max() == 255
+    assert entry["steps"][-1]["unknown"] == 0
+    start_unknown = int((from_data_url(entry["token_mask"]) > 127).sum())
+    assert start_unknown == 4  # the centre 8x8 pixels = 2x2 tokens of 4x4 pixels
+    assert sum(s["decoded"] for s in entry["steps"]) == start_unknown
+    token_map = from_data_url(entry["steps"][-1]["token_map"])
+    assert token_map.shape == (4, 4, 3)
+    assert (token_map[0, 0] == (70, 76, 90)).all()  # a corner token is given by the input
+    assert from_data_url(entry["steps"][0]["image"]).shape == (SIZE, SIZE, 3)
+    # same seed -> same picture
+    status, again = submit_inpaint(base, png(source), png(centre_mask()), steps="5")
+    assert wait_job(base, again["job_id"])["result"]["images"][0]["image"] == entry["image"]
+
+
+def test_generate(base):
+    status, answer = post_form(f"{base}/api/generate", {"n": "3", "steps": "3", "seed": "7"})
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    assert job["status"] == "done", job
+    images = job["result"]["images"]
+    assert len(images) == 3 and all(len(entry["steps"]) == 3 for entry in images)
+    assert "input" not in job["result"]
+    status, answer = post_form(f"{base}/api/generate", {"n": "0"})
+    assert status == 400 and "n=0" in answer["error"]
+
+
+def test_concurrent_requests_all_answered(base):
+    results: dict[int, dict] = {}
+
+    def client(i: int) -> None:
+        status, answer = submit_inpaint(base, png(make_image(16)), png(centre_mask()), seed=str(i))
+        assert status == 200, answer
+        results[i] = wait_job(base, answer["job_id"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(results) == [0, 1, 2]
+    assert all(job["status"] == "done" for job in results.values())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"this is not an image", png(make_image(16))[:60], b""],
+    ids=["text", "truncated-png", "empty"],
+)
+def test_corrupt_upload_is_400_and_server_survives(base, payload):
+    status, answer = submit_inpaint(base, payload, png(centre_mask()))
+    assert status == 400, answer
+    assert answer["error"].startswith("upload is not a readable image"), answer
+    status, info = request("GET", f"{base}/api/health")
+    assert status == 200 and info["status"] == "ready"
+    status, answer = submit_inpaint(base, png(make_image(16)), b"garbage")
+    assert status == 400 and "mask" in answer["error"]
+
+
+def test_empty_mask_is_400(base):
+    status, answer = submit_inpaint(base, png(make_image(16)), png(np.zeros((16, 16), np.uint8)))
+    assert status == 400 and answer["error"] == EMPTY_MASK_MESSAGE
+
+
+def test_missing_upload_is_400(base):
+    status, answer = post_form(f"{base}/api/inpaint", {"steps": "4"})
+    assert status == 400 and "missing upload" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"schedule": "wiggly"}, "unknown mask schedule"),
+        ({"steps": "0"}, "steps=0"),
+        ({"steps": "4", "sweet_spot": "5"}, "sweet_spot=5"),
+        ({"steps": "many"}, "whole number"),
+        ({"temperature": "-1"}, "temperature"),
+        ({"temperature": "nan"}, "finite"),
+        ({"steps": "1000"}, "at most"),
+    ],
+)
+def test_bad_decoding_params_are_400(base, fields, words):
+    status, answer = submit_inpaint(base, png(make_image(16)), png(centre_mask()), **fields)
+    assert status == 400, answer
+    assert words in answer["error"], answer
+
+
+def test_large_image_is_downscaled_with_notice(base):
+    wide = np.zeros((4, 4100, 3), np.uint8)  # over 4096 px a side, a tiny PNG
+    status, answer = submit_inpaint(base, png(wide), png(centre_mask()))
+    assert status == 200, answer
+    assert any("downscaled to 4096x" in note for note in answer["notices"]), answer
+    assert wait_job(base, answer["job_id"])["status"] == "done"
+
+
+def test_oversized_upload_is_413(base):
+    status, answer = submit_inpaint(base, b"\0" * (21 * 1024 * 1024), png(centre_mask()))
+    assert status == 413 and "too large" in answer["error"]
+    # a declared body far over the limit is refused before it is read
+    headers = {"Content-Length": str(10**9), "Content-Type": "multipart/form-data; boundary=x"}
+    status, answer = request("POST", f"{base}/api/inpaint", b"--x--\r\n", headers)
+    assert status == 413 and "too large" in answer["error"]
+    assert request("GET", f"{base}/api/health")[0] == 200
+
+
+def test_samples_and_unknown_job(base):
+    status, samples = request("GET", f"{base}/api/samples")
+    assert status == 200 and samples == [{"name": "gradient.png", "url": "/samples/gradient.png"}]
+    with urllib.request.urlopen(f"{base}/samples/gradient.png", timeout=10) as response:
+        assert response.read().startswith(b"\x89PNG")
+    assert request("GET", f"{base}/samples/..%2Fnotes.txt")[0] == 404
+    assert request("GET", f"{base}/samples/notes.txt")[0] == 404
+    status, answer = request("GET", f"{base}/api/jobs/nope")
+    assert status == 404 and "no job" in answer["error"]
+
+
+def test_requests_while_loading_get_503(model_dir):
+    release = threading.Event()
+
+    def slow_loader():
+        from maskgit.pipeline import MaskGIT
+
+        assert release.wait(60)
+        return MaskGIT.from_pretrained(model_dir, device="cpu")
+
+    with running_server(create_app(loader=slow_loader)) as url:
+        status, info = request("GET", f"{url}/api/health")
+        assert status == 200 and info["status"] == "loading" and not info["loaded"]
+        status, answer = submit_inpaint(url, png(make_image(16)), png(centre_mask()))
+        assert status == 503 and answer["error"] == LOADING_MESSAGE
+        status, answer = post_form(f"{url}/api/generate", {"n": "1"})
+        assert status == 503 and answer["error"] == LOADING_MESSAGE
+        release.set()
+        assert wait_ready(url)["status"] == "ready"
+        status, answer = submit_inpaint(url, png(make_image(16)), png(centre_mask()))
+        assert status == 200 and wait_job(url, answer["job_id"])["status"] == "done"
+
+
+def test_failed_load_is_reported(tmp_path):
+    with running_server(create_app(tmp_path / "missing", device="cpu")) as url:
+        info = wait_ready(url)
+        assert info["status"] == "error" and "not a model folder" in info["error"]
+        status, answer = post_form(f"{url}/api/generate", {"n": "1"})
+        assert status == 503 and "could not be loaded" in answer["error"]
+
+
+def test_serve_command_is_registered():
+    from maskgit.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--port", "0", "--model", "somewhere"])
+    assert args.command == "serve" and args.port == 0 and args.host == "127.0.0.1"
+    assert args.model == "somewhere"
