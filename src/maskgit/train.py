@@ -266,6 +266,35 @@ class CsvLog:
                     self.writer.add_scalar(f"{split}/{key}", value, step)
 
 
+def _rng_state(device: str) -> dict[str, torch.Tensor]:
+    """The global RNG states (CPU, and the device's CUDA generator when training on CUDA)."""
+    state = {"rng": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
+
+
+def _buffers(task: TrainTask) -> dict[str, dict[str, torch.Tensor]]:
+    """Copies of the nets' buffers (e.g. the codebook usage counters) to undo a partial step."""
+    return {
+        name: {k: b.detach().clone() for k, b in unwrap(net).named_buffers()}
+        for name, net in task.nets.items()
+    }
+
+
+def _restore_buffers(task: TrainTask, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for name, net in task.nets.items():
+            for k, b in unwrap(net).named_buffers():
+                b.copy_(saved[name][k])
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -334,14 +363,14 @@ def fit(
     state_path = out / STATE_FILE
     if resume:
         if not state_path.is_file():
-            raise TrainingError(f"--resume: {state_path} not found (nothing to resume)")
+            raise FileNotFoundError(f"--resume: {state_path} not found (nothing to resume)")
         state = load_state(state_path)
         for name, net in task.nets.items():
             net.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
+        _set_rng_state(state)
         position = state["position"]
     if ddp.world > 1:
         for name, net in task.nets.items():
@@ -357,7 +386,7 @@ def fit(
             "modules": {n: unwrap(m).state_dict() for n, m in task.nets.items()},
             "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
-            "rng": torch.get_rng_state(),
+            **_rng_state(device),
             "position": dict(position),
         }
         save_state(state, state_path)
@@ -370,6 +399,7 @@ def fit(
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     )
     val_metrics: dict[str, float] = {}
+    step_start = None  # (RNG, buffers) before the running step, to undo it on Ctrl-C
     try:
         while position["epoch"] < cfg.epochs and position["step"] < total_steps:
             epoch = position["epoch"]
@@ -385,6 +415,7 @@ def fit(
             for index in range(position["batch"], len(batches)):
                 if position["step"] >= total_steps:
                     break
+                step_start = (_rng_state(device), _buffers(task))
                 metrics = _optimizer_step(
                     task,
                     train_set,
@@ -405,6 +436,7 @@ def fit(
                     metrics.update(hook())
                 position["step"] += 1
                 position["batch"] = index + 1
+                step_start = None
                 seen += cfg.batch_size
                 metrics["images_per_s"] = seen / (time.perf_counter() - started)
                 bar.set_postfix(
@@ -437,6 +469,9 @@ def fit(
             if on_epoch_end is not None and ddp.main:
                 on_epoch_end(task, ema, epoch + 1, out)
     except KeyboardInterrupt:
+        if step_start is not None:  # interrupted mid-step: save the state from before it
+            _set_rng_state(step_start[0])
+            _restore_buffers(task, step_start[1])
         save()
         if ddp.main:
             tqdm.write(
@@ -454,12 +489,14 @@ def _optimizer_step(
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, total_steps, cfg)
     optimizer.zero_grad(set_to_none=True)
-    per_rank = micro * cfg.grad_accum
-    mine = indices[ddp.rank * per_rank : (ddp.rank + 1) * per_rank]
     totals: dict[str, float] = {}
     loss_value = 0.0
     for m in range(cfg.grad_accum):
-        chunk = mine[m * micro : (m + 1) * micro]
+        # Micro-batch m is the same set of items (and masks) whatever the number of processes:
+        # indices[m * micro * world : (m + 1) * micro * world], of which this rank takes its
+        # slice, so the loss normalised by the all-reduced count matches one process.
+        start = (m * ddp.world + ddp.rank) * micro
+        chunk = indices[start : start + micro]
         batch = torch.stack([train_set[int(i)] for i in chunk]).to(device)
         rng = _rng(cfg.seed, step, m)
         with ExitStack() as stack:
@@ -561,6 +598,7 @@ def train_tokenizer(
     train_idx, val_idx = split_indices(names, cfg.val_fraction)
     train_set = TensorImages(images[train_idx], hflip=cfg.hflip)
     val_set = TensorImages(images[val_idx]) if val_idx else None
+    torch.manual_seed(cfg.seed)  # the config's seed decides the initial weights
     task = TokenizerTask(VQGAN(preset.tokenizer), cfg)
     preview = TensorImages(images[(val_idx or train_idx)[:8]])
     hook = recon_grid_hook(torch.stack([preview[i] for i in range(len(preview))]))
@@ -595,6 +633,7 @@ def train_transformer(
             f"{preset.transformer.codebook_size}: they were made by another tokenizer"
         )
     train_idx, val_idx = split_indices(names, cfg.val_fraction)
+    torch.manual_seed(cfg.seed)  # the config's seed decides the initial weights
     task = TransformerTask(BidirectionalTransformer(preset.transformer), cfg)
     return fit(
         task,
