@@ -9,6 +9,9 @@
 # 3. pre-tokenise the images once      RUN/tokens/    maskgit tokenize
 # 4. train the transformer             RUN/model/     maskgit train (the tokenizer is copied in)
 # 5. inpaint 4 images through a mask   RUN/inpainted/ maskgit inpaint --save-steps
+#
+# The preset trains each stage for 2 epochs (6 steps each): enough to run, not to learn much.
+# TOKENIZER_EPOCHS=200 TRANSFORMER_EPOCHS=200 train longer (`--set ...epochs=N`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,9 +44,11 @@ mask = Image.new("L", (size, size), 0); ImageDraw.Draw(mask).rectangle([4, 4, 11
 mask.save(run / "mask.png")
 PY
 
-maskgit train-tokenizer --config tiny --data "$RUN/images" --out "$RUN/tok"
+maskgit train-tokenizer --config tiny --data "$RUN/images" --out "$RUN/tok" \
+    ${TOKENIZER_EPOCHS:+--set "tokenizer_training.epochs=$TOKENIZER_EPOCHS"}
 maskgit tokenize --tokenizer "$RUN/tok" --data "$RUN/images" --out "$RUN/tokens"
-maskgit train --config tiny --tokens "$RUN/tokens" --out "$RUN/model"
+maskgit train --config tiny --tokens "$RUN/tokens" --out "$RUN/model" \
+    ${TRANSFORMER_EPOCHS:+--set "transformer_training.epochs=$TRANSFORMER_EPOCHS"}
 maskgit inpaint --model "$RUN/model" --images "$RUN/to-inpaint" --masks "$RUN/mask.png" \
     --out "$RUN/inpainted" --steps 8 --save-steps
 

@@ -106,4 +106,3 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
             tmp_path / "ddp" / f"accum{grad_accum}" / "latest.state.pt", weights_only=True
         )
         assert state["position"]["step"] == 4
-

@@ -9,6 +9,7 @@ loaded with `weights_only=True`, so no checkpoint ever runs code.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,4 +130,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
-        raise CheckpointError(f"{path}: unreadable training state ({exc})") from exc
+        message = " ".join(str(exc).split())  # torch's messages span several lines
+        code = re.search(r"GLOBAL ([\w.]+)", message)
+        if message.startswith("Weights only load failed") and code:
+            raise CheckpointError(
+                f"{path}: refused: it holds a Python object ({code.group(1)}) that loading "
+                "would have to run; a training state holds only tensors and plain values"
+            ) from exc
+        raise CheckpointError(f"{path}: unreadable training state ({message})") from exc

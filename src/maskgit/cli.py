@@ -111,7 +111,9 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from maskgit.train import train_tokenizer
 
     preset = load_config(args.config, args.overrides)
-    images, names = load_folder(args.data, preset.tokenizer.image_size)
+    images, names = load_folder(
+        args.data, preset.tokenizer.image_size, progress=not args.no_progress
+    )
     print(f"training tokenizer on {len(images)} images from {args.data} -> {args.out}")
     metrics = train_tokenizer(
         preset,
@@ -597,7 +599,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         code = 2 if isinstance(exc, USAGE_ERRORS) else 1
-        print(f"maskgit: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            # e.g. "[Errno 20] Not a directory: 'x/y'" from writing under a regular file
+            target = exc.filename2 if exc.filename2 is not None else exc.filename
+            message = f"{target}: {exc.strerror}"
+        print(f"maskgit: error: {message}", file=sys.stderr)
         return code
 
 

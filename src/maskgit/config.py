@@ -219,7 +219,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(valid))
+    unknown = sorted(set(data) - set(valid), key=str)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]!r}; valid keys: "
@@ -394,10 +394,21 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
             raise ConfigError(
                 f"--set {key!r}: expected section.key with section one of {', '.join(data)}"
             )
-        data[parts[0]][parts[1]] = yaml.safe_load(raw)
+        try:
+            data[parts[0]][parts[1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = _yaml_problem(exc)
+            raise ConfigError(f"--set {item!r}: not a valid YAML value ({problem})") from exc
     result = from_dict(Preset, data)
     result.validate()
     return result
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line (PyYAML's own message spans several, with a caret drawing)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(exc, "problem", None) or " ".join(str(exc).split()))
 
 
 def load_config(source: str | Path, overrides: list[str] | None = None) -> Preset:
@@ -417,11 +428,14 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Prese
             )
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path}: not valid YAML ({exc})") from exc
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config {path}: not valid YAML ({_yaml_problem(exc)})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config {path}: expected a mapping of sections")
-        base = get_preset(data.pop("preset", "emoji-demo"))
+        base_name = data.pop("preset", "emoji-demo")
+        if not isinstance(base_name, str) or base_name not in PRESETS:
+            raise ConfigError(f"config {path}: preset {base_name!r}; valid: {', '.join(PRESETS)}")
+        base = get_preset(base_name)
         merged = to_dict(base)
         for section, values in data.items():
             if section not in merged:

@@ -44,7 +44,10 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the guard below says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise DataError(
                     f"{path}: image is {img.width}x{img.height}, over the "
@@ -52,6 +55,10 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
                 )
             img.load()
             rgb = to_rgb(img)
+    except Image.DecompressionBombError as exc:  # PIL refuses to open it at all (> 179 MP)
+        raise DataError(
+            f"{path}: over the {MAX_IMAGE_PIXELS:,}-pixel limit (decompression-bomb guard; {exc})"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -100,14 +107,16 @@ def load_folder(
         try:
             arrays.append(load_image(path, size))
             names.append(path.name)
-        except DataError:
-            bad.append(path.name)
+        except DataError as exc:
+            bad.append((path.name, exc))
+    if not arrays:  # one error naming the first file and why (no warning line before it)
+        raise DataError(
+            f"{folder}: none of the {len(paths)} image files could be read, e.g. {bad[0][1]}"
+        )
     if bad:
         warnings.warn(
-            f"{folder}: skipped {len(bad)} unreadable image(s), e.g. {bad[0]}", stacklevel=2
+            f"{folder}: skipped {len(bad)} unreadable image(s), e.g. {bad[0][0]}", stacklevel=2
         )
-    if not arrays:
-        raise DataError(f"{folder}: none of the {len(paths)} image files could be read")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, names
 

@@ -467,6 +467,8 @@ def compute_fid(
     """
     if fid_method not in FID_METHODS:
         raise ValueError(f"unknown fid_method {fid_method!r}; valid: {', '.join(FID_METHODS)}")
+    for directory in (real_dir, fake_dir):  # a wrong folder is named before any weights issue
+        list_images(directory)
     # Weights are found and verified now (fail fast); the network loads only on first use.
     extractor = InceptionFeatures(weights, device, batch_size, resize, progress)
     mu_r, sigma_r, feat_r, n_real = folder_statistics(

@@ -88,7 +88,10 @@ class MaskGIT:
             )
         tokenizer = load_model(folder / "tokenizer.safetensors", "tokenizer")
         transformer = load_model(folder / "transformer.safetensors", "transformer")
-        return cls(tokenizer, transformer, device)
+        try:
+            return cls(tokenizer, transformer, device)
+        except CheckpointError as exc:  # the two files do not belong together: name the folder
+            raise CheckpointError(f"{folder}: {exc}") from exc
 
     @property
     def image_size(self) -> int:

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from maskgit.checkpoint import load_model, read_metadata
 from maskgit.config import Preset
 from maskgit.data import DataError, load_folder, load_tokens, save_tokens, to_model_range
+from maskgit.fileio import atomic_write
 from maskgit.tokenizer.model import VQGAN
 
 
@@ -94,7 +95,6 @@ def tokens_for_training(
         source = tokenizer_file(tokenizer_path)
         read_metadata(source)
         target = Path(run_dir) / "tokenizer.safetensors"
-        if source.resolve() != target.resolve():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
+        if source.resolve() != target.resolve():  # atomically: never half a tokenizer file
+            atomic_write(target, lambda tmp: tmp.write_bytes(source.read_bytes()))
     return tokens, names

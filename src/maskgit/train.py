@@ -21,8 +21,10 @@ import copy
 import csv
 import math
 import os
+import signal
+import threading
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,9 +37,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from maskgit.checkpoint import load_state, save_model, save_state
+from maskgit.checkpoint import CheckpointError, load_state, save_model, save_state
 from maskgit.config import Preset, TrainingConfig, to_dict
 from maskgit.data import TensorImages, TokenDataset, to_uint8
+from maskgit.fileio import atomic_write
 from maskgit.masking import apply_token_mask, random_token_mask
 from maskgit.tokenizer.losses import (
     PerceptualLoss,
@@ -295,6 +298,27 @@ def _restore_buffers(task: TrainTask, saved: dict[str, dict[str, torch.Tensor]])
                 b.copy_(saved[name][k])
 
 
+@contextmanager
+def _hold_sigint():
+    """Delay Ctrl-C (SIGINT) to the end of the block, so that the Ctrl-C handler never saves
+    a half-applied update (weights stepped but the position not, half the epoch-end files).
+    Only in the main thread (the only one that receives signals)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    received: list = []
+    signal.signal(signal.SIGINT, lambda *sig: received.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])  # the default handler raises KeyboardInterrupt here
+        elif received and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -327,10 +351,6 @@ def fit(
         device = f"cuda:{ddp.local_rank}"
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
-    if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if preset is not None:
-            (out / "config.yaml").write_text(yaml.safe_dump(to_dict(preset), sort_keys=False))
     micro = cfg.batch_size // (cfg.grad_accum * ddp.world)
     if micro * cfg.grad_accum * ddp.world != cfg.batch_size:
         raise TrainingError(
@@ -365,13 +385,28 @@ def fit(
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: {state_path} not found (nothing to resume)")
         state = load_state(state_path)
-        for name, net in task.nets.items():
-            net.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        _set_rng_state(state)
-        position = state["position"]
+        try:
+            for name, net in task.nets.items():
+                net.load_state_dict(state["modules"][name])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None and state.get("ema") is not None:
+                ema.load_state_dict(state["ema"])
+            _set_rng_state(state)
+            position = state["position"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            detail = " ".join(str(exc).split())  # torch's message spans one line per tensor
+            raise CheckpointError(
+                f"{state_path}: does not fit this run (another preset or --set than the run "
+                f"that wrote it?): {detail[:300]}{' ...' if len(detail) > 300 else ''}"
+            ) from exc
+    if ddp.main:  # only once the run can start (checks passed, `latest` loaded)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # temp files of writes cut short by a kill
+            if stale.name.startswith((f".{STATE_FILE}.", ".tokenizer", ".transformer", ".config")):
+                stale.unlink(missing_ok=True)
+        if preset is not None:
+            text = yaml.safe_dump(to_dict(preset), sort_keys=False)
+            atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(text))
     if ddp.world > 1:
         for name, net in task.nets.items():
             task.nets[name] = DistributedDataParallel(net)
@@ -429,14 +464,16 @@ def fit(
                     device,
                     autocast,
                 )
-                if ema is not None:
-                    _ema_update(ema, task.model(), cfg.ema_decay)
-                hook = getattr(task.model(), "after_optimizer_step", None)
-                if hook is not None:
-                    metrics.update(hook())
-                position["step"] += 1
-                position["batch"] = index + 1
-                step_start = None
+                with _hold_sigint():  # the update and its bookkeeping happen together or not
+                    optimizer.step()
+                    if ema is not None:
+                        _ema_update(ema, task.model(), cfg.ema_decay)
+                    hook = getattr(task.model(), "after_optimizer_step", None)
+                    if hook is not None:
+                        metrics.update(hook())
+                    position["step"] += 1
+                    position["batch"] = index + 1
+                    step_start = None
                 seen += cfg.batch_size
                 metrics["images_per_s"] = seen / (time.perf_counter() - started)
                 bar.set_postfix(
@@ -451,7 +488,7 @@ def fit(
             if position["batch"] < len(batches):  # stopped by max_steps mid-epoch
                 save()
                 break
-            position["epoch"], position["batch"] = epoch + 1, 0
+            # interrupted during validation, `latest` still says "end of epoch, not validated"
             val_metrics = _validate(task, ema, val_set, cfg, device, autocast, ddp)
             if val_metrics:
                 log.write(position["step"], epoch, "val", val_metrics)
@@ -460,12 +497,14 @@ def fit(
                         f"epoch {epoch + 1} validation: "
                         + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
                     )
-            tag = f"epoch{epoch + 1:03d}" if (epoch + 1) % cfg.save_every == 0 else ""
-            save(tag)
-            if val_metrics and val_metrics["loss"] < position["best"]:
-                position["best"] = val_metrics["loss"]
-                if ddp.main:
-                    save_model(ema or task.model(), out / f"{task.name}-best.safetensors")
+            with _hold_sigint():  # the epoch's files, then `latest` saying the epoch is done
+                position["epoch"], position["batch"] = epoch + 1, 0
+                if val_metrics and val_metrics["loss"] < position["best"]:
+                    position["best"] = val_metrics["loss"]
+                    if ddp.main:
+                        save_model(ema or task.model(), out / f"{task.name}-best.safetensors")
+                tag = f"epoch{epoch + 1:03d}" if (epoch + 1) % cfg.save_every == 0 else ""
+                save(tag)
             if on_epoch_end is not None and ddp.main:
                 on_epoch_end(task, ema, epoch + 1, out)
     except KeyboardInterrupt:
@@ -485,7 +524,8 @@ def fit(
 def _optimizer_step(
     task, train_set, indices, cfg, ddp, micro, optimizer, step, total_steps, device, autocast
 ) -> dict[str, float]:
-    """Forward/backward over grad_accum micro-batches of this rank's shard, then one update."""
+    """Forward/backward over grad_accum micro-batches of this rank's shard (and clipping);
+    the caller then applies the update (`optimizer.step()`)."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, total_steps, cfg)
     optimizer.zero_grad(set_to_none=True)
@@ -522,7 +562,6 @@ def _optimizer_step(
     if cfg.grad_clip > 0:
         params = [p for net in task.nets.values() for p in net.parameters()]
         totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-    optimizer.step()
     totals["loss"] = loss_value
     totals["lr"] = optimizer.param_groups[0]["lr"]
     return totals
@@ -540,16 +579,18 @@ def _validate(task, ema, val_set, cfg, device, autocast, ddp) -> dict[str, float
     live.eval()
     sums: dict[str, float] = {}
     rng = _rng(cfg.seed, -1)
-    for start in range(0, len(val_set), cfg.batch_size):
-        batch = torch.stack(
-            [val_set[i] for i in range(start, min(len(val_set), start + cfg.batch_size))]
-        )
-        with autocast:
-            for key, value in task.evaluate(batch.to(device), rng).items():
-                sums[key] = sums.get(key, 0.0) + value
-    live.train()
-    if ema is not None:
-        live.load_state_dict(backup)
+    try:
+        for start in range(0, len(val_set), cfg.batch_size):
+            batch = torch.stack(
+                [val_set[i] for i in range(start, min(len(val_set), start + cfg.batch_size))]
+            )
+            with autocast:
+                for key, value in task.evaluate(batch.to(device), rng).items():
+                    sums[key] = sums.get(key, 0.0) + value
+    finally:  # also on Ctrl-C: the handler must save the live weights, not the EMA ones
+        live.train()
+        if ema is not None:
+            live.load_state_dict(backup)
     count = sums.pop("count")
     return {key: value / count for key, value in sums.items()}
 
