@@ -37,7 +37,11 @@ TMP_PREFIX = f".{STATE_FILE}."  # atomic_write's temporary file: .latest.state.p
 
 class Deadline:
     def __init__(self, seconds: float):
-        self.end = time.monotonic() + seconds
+        self.start = time.monotonic()
+        self.end = self.start + seconds
+
+    def say(self, what: str) -> None:
+        print(f"{time.monotonic() - self.start:6.1f} s  {what}", flush=True)
 
     def left(self) -> float:
         left = self.end - time.monotonic()
@@ -54,10 +58,10 @@ def make_tokens(folder: Path) -> Path:
     return folder
 
 
-def train_argv(tokens: Path, run: Path, resume: bool = False) -> list[str]:
+def train_argv(tokens: Path, run: Path, resume: bool = False, every_step: bool = True) -> list[str]:
     argv = ["train", "--config", "tiny", "--tokens", str(tokens), "--out", str(run)]
-    argv += ["--checkpoint-steps", "1", "--no-progress", "--device", "cpu"]
-    argv += ["--set", f"transformer_training.epochs={EPOCHS}"]
+    argv += ["--checkpoint-steps", "1"] if every_step else []
+    argv += ["--no-progress", "--device", "cpu", "--set", f"transformer_training.epochs={EPOCHS}"]
     return argv + (["--resume"] if resume else [])
 
 
@@ -138,12 +142,14 @@ def test_kill_ctrl_c_and_resume_lose_nothing(tmp_path):
     # the uninterrupted reference run (same code path, in a fork)
     reference = tmp_path / "reference"
     started = time.monotonic()
-    assert wait(fork_cli(train_argv(tokens, reference), log), deadline) == 0, log.read_text()
+    argv = train_argv(tokens, reference, every_step=False)
+    assert wait(fork_cli(argv, log), deadline) == 0, log.read_text()
     ref_state = load_state(reference / STATE_FILE)
     total = ref_state["position"]["step"]
     train_items = len(split_indices([f"img{i}.png" for i in range(64)], 0.2)[0])
     assert total == EPOCHS * (train_items // 8)  # the tiny preset: batches of 8, 20 % held out
     step_time = (time.monotonic() - started) / total
+    deadline.say(f"reference run: {total} steps, {step_time * 1000:.0f} ms a step")
 
     # 1. Ctrl-C in a real `maskgit` process, once training is under way
     run = tmp_path / "run"
@@ -168,6 +174,7 @@ def test_kill_ctrl_c_and_resume_lose_nothing(tmp_path):
     assert saved, out
     step = check_loadable(run, total, 0)
     assert step == int(saved.group(2)) and step < total
+    deadline.say(f"Ctrl-C: exit 130 at step {step}")
 
     # 2. SIGKILL at random points, and timed on a temporary `latest` (a save in progress)
     resume = train_argv(tokens, run, resume=True)
@@ -194,6 +201,7 @@ def test_kill_ctrl_c_and_resume_lose_nothing(tmp_path):
         if mode == "write" and any(run.glob(f"{TMP_PREFIX}*.tmp")):
             caught_mid_write += 1  # the kill left the temporary file: it hit a save
         step = check_loadable(run, total, step)
+        deadline.say(f"SIGKILL ({mode}): exit {code} at step {step}")
     print(f"SIGKILL landed during a write of {STATE_FILE} {caught_mid_write} time(s)")
 
     # 3. resume until done
