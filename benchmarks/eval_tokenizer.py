@@ -1,6 +1,6 @@
 """Tokenizer reconstruction quality on a folder: PSNR (dB, full image) and codebook usage.
 
-    python benchmarks/eval_tokenizer.py --tokenizer runs/emoji-model --data data/emoji-google/test/images
+python benchmarks/eval_tokenizer.py --tokenizer runs/emoji-model --data data/emoji-google/test/images
 """
 
 from __future__ import annotations
@@ -26,16 +26,18 @@ def main() -> None:
     psnrs, used = [], torch.zeros(tokenizer.cfg.codebook_size, dtype=torch.bool)
     with torch.no_grad():
         for start in range(0, len(images), args.batch_size):
-            batch = images[start: start + args.batch_size]
+            batch = images[start : start + args.batch_size]
             tokens = tokenizer.encode(to_model_range(batch))
             recon = to_uint8(tokenizer.decode_tokens(tokens)).float()
             mse = (recon - batch.float()).pow(2).flatten(1).mean(1)
             psnrs.append(10 * torch.log10(255.0**2 / mse.clamp_min(1e-10)))
             used[tokens.unique()] = True
     psnr = torch.cat(psnrs)
-    print(f"images {len(images)}  reconstruction PSNR {psnr.mean():.2f} dB (median "
-          f"{psnr.median():.2f})  codebook usage {int(used.sum())}/{len(used)} "
-          f"({used.float().mean():.1%})")
+    print(
+        f"images {len(images)}  reconstruction PSNR {psnr.mean():.2f} dB (median "
+        f"{psnr.median():.2f})  codebook usage {int(used.sum())}/{len(used)} "
+        f"({used.float().mean():.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -85,20 +85,31 @@ def fork_cli(argv: list[str], log: Path) -> int:
     return pid
 
 
-def poll(pid: int) -> int | None:
-    """The exit code of child `pid` (-N when killed by signal N), or None while it runs."""
-    done, status = os.waitpid(pid, os.WNOHANG)
-    return os.waitstatus_to_exitcode(status) if done else None
+class Child:
+    """A forked `maskgit` run."""
 
+    def __init__(self, argv: list[str], log: Path):
+        self.pid = fork_cli(argv, log)
+        self.code: int | None = None  # -N when killed by signal N
 
-def wait(pid: int, deadline: Deadline) -> int:
-    while (code := poll(pid)) is None:
-        if deadline.end < time.monotonic():
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"child {pid} ran over the test's budget")
-        time.sleep(0.01)
-    return code
+    def done(self) -> bool:
+        if self.code is None:
+            finished, status = os.waitpid(self.pid, os.WNOHANG)
+            if finished:
+                self.code = os.waitstatus_to_exitcode(status)
+        return self.code is not None
+
+    def kill(self) -> None:
+        if not self.done():
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, deadline: Deadline) -> int:
+        while not self.done():
+            if deadline.end < time.monotonic():
+                self.kill()
+                pytest.fail(f"child {self.pid} ran over the test's budget")
+            time.sleep(0.01)
+        return self.code
 
 
 def version(path: Path) -> tuple[int, int] | None:
@@ -108,6 +119,28 @@ def version(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns
+
+
+def next_save(path: Path, before, done, deadline: Deadline):
+    """Wait until `path` differs from version `before` -> (time, version); None if the
+    process ended first."""
+    while (now := version(path)) == before:
+        if done():
+            return None
+        deadline.left()
+        time.sleep(0.001)
+    return time.monotonic(), now
+
+
+def random_point(path: Path, before, done, rng: random.Random, deadline: Deadline) -> bool:
+    """Wait for two saves of `latest` (the run is training), then a random fraction of the
+    time between them: a random point of a training step. False if the process ended."""
+    first = next_save(path, before, done, deadline)
+    second = first and next_save(path, first[1], done, deadline)
+    if not second:
+        return False
+    time.sleep(rng.uniform(0.0, 1.0) * (second[0] - first[0]))
+    return not done()
 
 
 def writing_state(run: Path) -> bool:
@@ -138,31 +171,35 @@ def test_kill_ctrl_c_and_resume_lose_nothing(tmp_path):
     rng = random.Random(0)
     tokens = make_tokens(tmp_path / "tokens")
     log = tmp_path / "children.log"
+    children: list[Child] = []
+    try:
+        _interrupt_and_resume(tmp_path, tokens, log, children, rng, deadline)
+    finally:
+        for child in children:  # never leave a run behind, whatever failed
+            child.kill()
+            if child.code is None:
+                os.waitpid(child.pid, 0)
 
+
+def _interrupt_and_resume(tmp_path, tokens, log, children, rng, deadline):
     # the uninterrupted reference run (same code path, in a fork)
     reference = tmp_path / "reference"
-    started = time.monotonic()
-    argv = train_argv(tokens, reference, every_step=False)
-    assert wait(fork_cli(argv, log), deadline) == 0, log.read_text()
+    children.append(Child(train_argv(tokens, reference, every_step=False), log))
+    assert children[-1].wait(deadline) == 0, log.read_text()
     ref_state = load_state(reference / STATE_FILE)
     total = ref_state["position"]["step"]
     train_items = len(split_indices([f"img{i}.png" for i in range(64)], 0.2)[0])
     assert total == EPOCHS * (train_items // 8)  # the tiny preset: batches of 8, 20 % held out
-    step_time = (time.monotonic() - started) / total
-    deadline.say(f"reference run: {total} steps, {step_time * 1000:.0f} ms a step")
+    deadline.say(f"reference run: {total} steps")
 
-    # 1. Ctrl-C in a real `maskgit` process, once training is under way
+    # 1. Ctrl-C in a real `maskgit` process, at a random point of a training step
     run = tmp_path / "run"
+    latest = run / STATE_FILE
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cli = [sys.executable, "-m", "maskgit.cli"]
-    with subprocess.Popen(
-        cli + train_argv(tokens, run), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as proc:
+    cli = [sys.executable, "-m", "maskgit.cli", *train_argv(tokens, run)]
+    with subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         try:
-            while not (run / STATE_FILE).exists() and proc.poll() is None:
-                deadline.left()
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, 2) * step_time)
+            assert random_point(latest, None, lambda: proc.poll() is not None, rng, deadline)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=deadline.left())
         finally:
@@ -176,42 +213,39 @@ def test_kill_ctrl_c_and_resume_lose_nothing(tmp_path):
     assert step == int(saved.group(2)) and step < total
     deadline.say(f"Ctrl-C: exit 130 at step {step}")
 
-    # 2. SIGKILL at random points, and timed on a temporary `latest` (a save in progress)
+    # 2. SIGKILL at random points of a step, and as soon as a temporary `latest` appears
     resume = train_argv(tokens, run, resume=True)
     caught_mid_write = 0
     for mode in ["random", "write", "random", "write", "random", "write"]:
-        if step >= total - 3:
+        if step >= total - 4:
             break
-        before = version(run / STATE_FILE)
-        pid = fork_cli(resume, log)
-        code = None
-        while version(run / STATE_FILE) == before and (code := poll(pid)) is None:
-            deadline.left()  # until this run has saved once: it is training now
-            time.sleep(0.001)
-        if code is None and mode == "random":
-            time.sleep(rng.uniform(0, 3) * step_time)
-        while code is None and mode == "write" and not writing_state(run):
-            deadline.left()
-            code = poll(pid)
-            time.sleep(0.0002)
-        if code is None:
-            os.kill(pid, signal.SIGKILL)
-            code = wait(pid, deadline)
+        before = version(latest)
+        child = Child(resume, log)
+        children.append(child)
+        if mode == "random":
+            random_point(latest, before, child.done, rng, deadline)
+        elif next_save(latest, before, child.done, deadline):
+            while not writing_state(run) and not child.done():
+                deadline.left()
+                time.sleep(0.0002)
+        child.kill()
+        code = child.wait(deadline)
         assert code in (-signal.SIGKILL, 0), log.read_text()
         if mode == "write" and any(run.glob(f"{TMP_PREFIX}*.tmp")):
-            caught_mid_write += 1  # the kill left the temporary file: it hit a save
+            caught_mid_write += 1  # the kill left the temporary file behind: it hit a save
         step = check_loadable(run, total, step)
         deadline.say(f"SIGKILL ({mode}): exit {code} at step {step}")
-    print(f"SIGKILL landed during a write of {STATE_FILE} {caught_mid_write} time(s)")
+    deadline.say(f"{caught_mid_write} SIGKILL(s) landed during a write of {STATE_FILE}")
 
     # 3. resume until done
     for _ in range(3):
-        code = wait(fork_cli(resume, log), deadline)
-        assert code == 0, log.read_text()
-        if load_state(run / STATE_FILE)["position"]["step"] == total:
+        children.append(Child(resume, log))
+        assert children[-1].wait(deadline) == 0, log.read_text()
+        if load_state(latest)["position"]["step"] == total:
             break
+    deadline.say("resumed to the end")
 
-    final = load_state(run / STATE_FILE)
+    final = load_state(latest)
     assert final["position"]["step"] == total
     assert final["position"] == ref_state["position"]
     assert max_diff(final["modules"]["transformer"], ref_state["modules"]["transformer"]) <= 1e-6

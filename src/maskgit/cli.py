@@ -154,12 +154,20 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from maskgit.fid import compute_fid
 
     started = time.perf_counter()
-    scores = compute_fid(args.real, args.fake, batch_size=args.batch_size, device=args.device,
-                         weights=args.inception, cache=not args.no_cache,
-                         kid_subset_size=args.kid_subset_size)
-    print(f"FID {scores['fid']:.3f}  KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}  "
-          f"N real {scores['n_real']}  N fake {scores['n_fake']}  "
-          f"({time.perf_counter() - started:.1f} s)")
+    scores = compute_fid(
+        args.real,
+        args.fake,
+        batch_size=args.batch_size,
+        device=args.device,
+        weights=args.inception,
+        cache=not args.no_cache,
+        kid_subset_size=args.kid_subset_size,
+    )
+    print(
+        f"FID {scores['fid']:.3f}  KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}  "
+        f"N real {scores['n_real']}  N fake {scores['n_fake']}  "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 
@@ -172,11 +180,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from maskgit.pipeline import MaskGIT
 
     model = MaskGIT.from_pretrained(args.model, device=args.device)
-    test = load_test_set(args.images, args.masks, args.gt, model.image_size,
-                         args.mask_convention, args.limit)
-    rows = evaluate(model, test, args.out, tuple(args.baselines), args.inception,
-                    steps=args.steps, schedule=args.schedule, sweet_spot=args.sweet_spot,
-                    seed=args.seed, **_decode_options(args))
+    test = load_test_set(
+        args.images, args.masks, args.gt, model.image_size, args.mask_convention, args.limit
+    )
+    rows = evaluate(
+        model,
+        test,
+        args.out,
+        tuple(args.baselines),
+        args.inception,
+        steps=args.steps,
+        schedule=args.schedule,
+        sweet_spot=args.sweet_spot,
+        seed=args.seed,
+        **_decode_options(args),
+    )
     print(markdown_table(rows), end="")
     print(f"wrote {args.out}/results.json, results.csv and the images (N = {len(test.names)})")
     return 0
@@ -187,14 +205,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from maskgit.pipeline import MaskGIT
 
     model = MaskGIT.from_pretrained(args.model, device=args.device)
-    test = load_test_set(args.images, args.masks, args.gt, model.image_size,
-                         args.mask_convention, args.limit)
-    rows = sweep(model, test, args.out, args.schedules, args.steps,
-                 [None] + args.sweet_spots, args.seeds, tuple(args.baselines), args.inception,
-                 **_decode_options(args))
+    test = load_test_set(
+        args.images, args.masks, args.gt, model.image_size, args.mask_convention, args.limit
+    )
+    rows = sweep(
+        model,
+        test,
+        args.out,
+        args.schedules,
+        args.steps,
+        [None] + args.sweet_spots,
+        args.seeds,
+        tuple(args.baselines),
+        args.inception,
+        **_decode_options(args),
+    )
     print(markdown_table(rows), end="")
-    print(f"wrote {args.out}/sweep.csv, sweep.json, table.md, fid_vs_steps.png, "
-          f"time_vs_steps.png (N = {len(test.names)})")
+    print(
+        f"wrote {args.out}/sweep.csv, sweep.json, table.md, fid_vs_steps.png, "
+        f"time_vs_steps.png (N = {len(test.names)})"
+    )
     return 0
 
 
@@ -204,13 +234,21 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", required=True, help="folder of masks with the same names")
     p.add_argument("--gt", default=None, help="ground-truth folder (default: --images)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mask-convention", default="white-repaint",
-                   choices=["white-repaint", "white-keep"])
+    p.add_argument(
+        "--mask-convention", default="white-repaint", choices=["white-repaint", "white-keep"]
+    )
     p.add_argument("--limit", type=int, default=0, help="use the first N images only")
-    p.add_argument("--baselines", nargs="*", default=[],
-                   help="reference rows: white telea navier-stokes biharmonic")
-    p.add_argument("--inception", default=None,
-                   help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)")
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[],
+        help="reference rows: white telea navier-stokes biharmonic",
+    )
+    p.add_argument(
+        "--inception",
+        default=None,
+        help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--choice-temperature", type=float, default=4.5)
     _add_common(p)
@@ -264,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("real", help="folder of reference images")
     p.add_argument("fake", help="folder of generated / inpainted images")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--inception", default=None,
-                   help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)")
+    p.add_argument(
+        "--inception",
+        default=None,
+        help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
     p.add_argument("--kid-subset-size", type=int, default=1000)
     _add_common(p)
@@ -283,8 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_inputs(p)
     p.add_argument("--schedules", nargs="+", default=["linear", "cosine", "square"])
     p.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 16, 24])
-    p.add_argument("--sweet-spots", nargs="*", type=int, default=[],
-                   help="also stop early after S steps (S <= steps)")
+    p.add_argument(
+        "--sweet-spots",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also stop early after S steps (S <= steps)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.set_defaults(func=cmd_sweep)
 
