@@ -120,7 +120,11 @@ def main() -> None:
         for path in ("pre-tokenised", "encode every step"):
             rows.append(bench(name, path, BATCH.get(name, 8), args.warmup, args.steps, args.device))
             r = rows[-1]
-            print(f"  {name} {path}: {r['s_per_step']:.2f} s/step", flush=True)
+            print(
+                f"  {name} {path}: {r['s_per_step']:.2f} s/step, {r['img_s_wall']:.2f} images/s "
+                f"(wall), {r['img_s_cpu']:.2f} images/s (CPU clock)",
+                flush=True,
+            )
     print()
     print(
         "| preset | batch | path | s/step (wall) | images/s (wall) | images/s (CPU clock) "
@@ -134,7 +138,7 @@ def main() -> None:
         cpu = f"{r['img_s_cpu'] / base['img_s_cpu']:.2f}x" if ours else "1.00x"
         print(
             f"| {r['preset']} | {r['batch']} | {r['path']} | {r['s_per_step']:.2f} | "
-            f"{r['img_s_wall']:.1f} | {r['img_s_cpu']:.1f} | {wall} | {cpu} |"
+            f"{r['img_s_wall']:.3g} | {r['img_s_cpu']:.3g} | {wall} | {cpu} |"
         )
 
 

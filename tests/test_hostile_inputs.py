@@ -446,7 +446,9 @@ def test_binary_file_as_config(files, tmp_path, capsys):
         ("transformer_training.betas=[0.9", "--set"),
         ("epochs=3", "--set"),
         ("transformer.dim=33", "heads"),
+        ("transformer_training.mask_schedule=bogus", "transformer_training.mask_schedule"),
     ],
+    ids=["wrong-type", "unknown-key", "broken-yaml", "no-section", "invalid-combo", "schedule"],
 )
 def test_bad_set_override(override, says, files, tmp_path, capsys):
     result = train(capsys, files, tmp_path / "run", "--set", override)

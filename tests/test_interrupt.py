@@ -197,7 +197,12 @@ def _interrupt_and_resume(tmp_path, tokens, log, children, rng, deadline):
     latest = run / STATE_FILE
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "maskgit.cli", *train_argv(tokens, run)]
-    with subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    # A shell that starts CI in the background makes its children ignore SIGINT, which
+    # Python then leaves ignored: restore the default so Ctrl-C reaches the training loop.
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    with subprocess.Popen(
+        cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=restore_sigint
+    ) as proc:
         try:
             assert random_point(latest, None, lambda: proc.poll() is not None, rng, deadline)
             proc.send_signal(signal.SIGINT)

@@ -147,7 +147,16 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskgit.demo import main as demo_main
 
-    return demo_main(args.out, args.model, args.steps, args.schedule, args.seed, args.device)
+    return demo_main(
+        args.out,
+        args.model,
+        args.steps,
+        args.schedule,
+        args.seed,
+        args.device,
+        args.temperature,
+        args.choice_temperature,
+    )
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -237,7 +246,7 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mask-convention", default="white-repaint", choices=["white-repaint", "white-keep"]
     )
-    p.add_argument("--limit", type=int, default=0, help="use the first N images only")
+    p.add_argument("--limit", type=int, default=0, help="use N evenly spaced images only")
     p.add_argument(
         "--baselines",
         nargs="*",
@@ -295,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=12, help="decoding steps (default 12)")
     p.add_argument("--schedule", default="cosine", help="mask schedule (default cosine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature, 0 = argmax (default 0: best FID, model card)",
+    )
+    p.add_argument(
+        "--choice-temperature",
+        type=float,
+        default=1.0,
+        help="Gumbel noise on confidences, annealed to 0 (default 1.0)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_demo)
 

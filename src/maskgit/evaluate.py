@@ -64,8 +64,8 @@ def load_test_set(
         absent = [p.name for p in image_files if p.stem not in truth_files]
         if absent:
             raise DataError(f"{gt}: no ground truth for {len(absent)} image(s), e.g. {absent[:3]}")
-    if limit:
-        image_files = image_files[:limit]
+    if limit and limit < len(image_files):  # evenly spaced, so a subset spans all categories
+        image_files = [image_files[i * len(image_files) // limit] for i in range(limit)]
     imgs, msks, truths = [], [], []
     for path in image_files:
         imgs.append(load_image(path, size))

@@ -38,10 +38,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from maskgit.checkpoint import CheckpointError, load_state, save_model, save_state
-from maskgit.config import Preset, TrainingConfig, to_dict
+from maskgit.config import ConfigError, Preset, TrainingConfig, to_dict
 from maskgit.data import TensorImages, TokenDataset, to_uint8
 from maskgit.fileio import atomic_write
 from maskgit.masking import apply_token_mask, random_token_mask
+from maskgit.schedule import validate_schedule
 from maskgit.tokenizer.losses import (
     PerceptualLoss,
     adaptive_gan_weight,
@@ -673,6 +674,10 @@ def train_transformer(
             f"tokens use ids up to {int(flat.max())}, beyond the transformer's codebook of "
             f"{preset.transformer.codebook_size}: they were made by another tokenizer"
         )
+    try:  # now, not at the first step (after the run folder is made)
+        validate_schedule(cfg.mask_schedule)
+    except ValueError as exc:
+        raise ConfigError(f"transformer_training.mask_schedule: {exc}") from exc
     train_idx, val_idx = split_indices(names, cfg.val_fraction)
     torch.manual_seed(cfg.seed)  # the config's seed decides the initial weights
     task = TransformerTask(BidirectionalTransformer(preset.transformer), cfg)
