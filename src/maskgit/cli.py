@@ -184,14 +184,22 @@ def _decode_options(args: argparse.Namespace) -> dict:
     return {"temperature": args.temperature, "choice_temperature": args.choice_temperature}
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from maskgit.evaluate import evaluate, load_test_set, markdown_table
+def _model_and_test_set(args: argparse.Namespace):
+    """The model (--model, default: the embedded one) and the test set its size needs."""
+    from maskgit.evaluate import load_test_set
     from maskgit.pipeline import MaskGIT
 
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     test = load_test_set(
         args.images, args.masks, args.gt, model.image_size, args.mask_convention, args.limit
     )
+    return model, test
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from maskgit.evaluate import evaluate, markdown_table
+
+    model, test = _model_and_test_set(args)
     rows = evaluate(
         model,
         test,
@@ -210,13 +218,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from maskgit.evaluate import load_test_set, markdown_table, sweep
-    from maskgit.pipeline import MaskGIT
+    from maskgit.evaluate import markdown_table, sweep
 
-    model = MaskGIT.from_pretrained(args.model, device=args.device)
-    test = load_test_set(
-        args.images, args.masks, args.gt, model.image_size, args.mask_convention, args.limit
-    )
+    model, test = _model_and_test_set(args)
     rows = sweep(
         model,
         test,

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from maskgit.checkpoint import CheckpointError, load_state, save_model, save_state
 from maskgit.config import ConfigError, Preset, TrainingConfig, to_dict
-from maskgit.data import TensorImages, TokenDataset, to_uint8
+from maskgit.data import TensorImages, TokenDataset, split_indices, to_uint8
 from maskgit.fileio import atomic_write
 from maskgit.masking import apply_token_mask, random_token_mask
 from maskgit.schedule import validate_schedule
@@ -634,8 +634,6 @@ def train_tokenizer(
     checkpoint_steps: int = 0,
 ) -> dict[str, float]:
     """Train the VQGAN of `preset` on uint8 images (N, 3, H, W); writes to run folder `out`."""
-    from maskgit.data import split_indices
-
     cfg = preset.tokenizer_training
     train_idx, val_idx = split_indices(names, cfg.val_fraction)
     train_set = TensorImages(images[train_idx], hflip=cfg.hflip)
@@ -660,8 +658,6 @@ def train_transformer(
     checkpoint_steps: int = 0,
 ) -> dict[str, float]:
     """Train the transformer of `preset` on token grids (N, h, w); writes to run folder `out`."""
-    from maskgit.data import split_indices
-
     cfg = preset.transformer_training
     flat = tokens.reshape(len(tokens), -1)
     if flat.shape[1] != preset.transformer.num_tokens:
