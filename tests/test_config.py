@@ -164,6 +164,7 @@ def test_yaml_wrong_type(tmp_path, text, key):
         ("transformer_training:\n  rec_loss: l3\n", "rec_loss"),
         ("tokenizer:\n  image_size: 18\n", "divisible"),
         ("transformer:\n  depth: 0\n", "depth"),
+        ("transformer_training:\n  region_mask_fraction: 1.5\n", "region_mask_fraction"),
     ],
 )
 def test_yaml_invalid_values(tmp_path, text, match):

@@ -48,6 +48,7 @@ SCRIPT = textwrap.dedent(
             cfg.epochs = 2
             cfg.max_steps = 4  # 3 batches per epoch: crosses an epoch boundary
             cfg.val_fraction = 0.0
+            cfg.region_mask_fraction = 0.5  # region and uniform masks drawn per global batch
             cfg.ema_decay = 0.0  # transformer.safetensors holds the trained weights
             cfg.lr = 3e-3
             out = f"{root}/accum{grad_accum}"

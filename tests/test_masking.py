@@ -16,6 +16,7 @@ from maskgit.masking import (
     pixel_mask_from_array,
     pixel_to_token_mask,
     random_token_mask,
+    region_token_mask,
 )
 from maskgit.schedule import gamma
 
@@ -92,6 +93,44 @@ def test_positions_are_uniform():
     assert single.shape[0] > 800
     freq = single.float().mean(dim=0)
     assert torch.allclose(freq, torch.full((n,), 1.0 / n), atol=0.03)
+
+
+# --------------------------------------------------------------------------- region_token_mask
+
+
+def _cut_edges(mask: torch.Tensor, grid: int) -> torch.Tensor:
+    """Per image: neighbour pairs (4-connectivity) with one token masked and one known."""
+    m = mask.view(-1, grid, grid)
+    return (m[:, 1:] != m[:, :-1]).sum((1, 2)) + (m[:, :, 1:] != m[:, :, :-1]).sum((1, 2))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "square"])
+def test_region_mask_counts_follow_the_schedule_like_random_masks(schedule):
+    """Same seed, same per-image counts as random_token_mask: only the positions differ."""
+    region = region_token_mask(64, 8, schedule, generator=torch.Generator().manual_seed(7))
+    uniform = random_token_mask(64, 64, schedule, generator=torch.Generator().manual_seed(7))
+    assert region.shape == (64, 64) and region.dtype == torch.bool
+    assert region.sum(1).tolist() == uniform.sum(1).tolist()
+    assert not torch.equal(region, uniform)
+
+
+def test_region_masks_are_compact_holes_not_scattered_tokens():
+    grid, batch = 16, 2000
+    region = region_token_mask(batch, grid, "linear", generator=torch.Generator().manual_seed(0))
+    uniform = random_token_mask(
+        batch, grid * grid, "linear", generator=torch.Generator().manual_seed(0)
+    )
+    # Equal counts; a hole's border is a small fraction of a scattered mask's.
+    assert _cut_edges(region, grid).float().mean() < 0.3 * _cut_edges(uniform, grid).float().mean()
+    # Every position gets masked sometimes (the shapes move over the whole grid).
+    assert region.float().mean(0).min() > 0.2
+
+
+def test_region_mask_is_seeded():
+    a = region_token_mask(8, 16, "cosine", generator=torch.Generator().manual_seed(1))
+    b = region_token_mask(8, 16, "cosine", generator=torch.Generator().manual_seed(1))
+    c = region_token_mask(8, 16, "cosine", generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_random_token_mask_default_generator_and_device():

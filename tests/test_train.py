@@ -83,11 +83,12 @@ def tokenizer_preset():
 
 
 def transformer_preset():
-    """Tiny, with dropout and EMA so that resume must restore the RNG and the EMA weights."""
+    """Tiny, with dropout, EMA and region masks: resume must restore the RNGs and the EMA."""
     preset = get_preset("tiny")
     preset.transformer.dropout = 0.1
     preset.transformer.attn_dropout = 0.1
     preset.transformer_training.ema_decay = 0.9
+    preset.transformer_training.region_mask_fraction = 0.5
     return preset
 
 

@@ -109,6 +109,9 @@ class TrainingConfig:
     # Transformer only
     mask_schedule: str = "cosine"
     label_smoothing: float = 0.0
+    # fraction of training images masked as one contiguous region (masking.region_token_mask)
+    # instead of at uniform positions; inpainting holes are regions, so this trains for them
+    region_mask_fraction: float = 0.0
     # Tokenizer only
     rec_loss: str = "l1"  # "l1" or "l2"
     disc_weight: float = 0.8
@@ -123,6 +126,10 @@ class TrainingConfig:
         _choice(self, "rec_loss", ("l1", "l2"))
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"training.val_fraction={self.val_fraction}: expected [0, 1)")
+        if not 0.0 <= self.region_mask_fraction <= 1.0:
+            raise ConfigError(
+                f"training.region_mask_fraction={self.region_mask_fraction}: expected [0, 1]"
+            )
 
 
 @dataclass
@@ -320,7 +327,7 @@ def _emoji_demo() -> Preset:
             val_fraction=0.05,
         ),
         transformer_training=TrainingConfig(
-            epochs=8,
+            epochs=14,
             batch_size=32,
             lr=6e-4,
             min_lr=2e-5,
@@ -330,6 +337,7 @@ def _emoji_demo() -> Preset:
             ema_decay=0.998,
             mask_schedule="cosine",
             label_smoothing=0.1,
+            region_mask_fraction=0.5,
             val_fraction=0.05,
         ),
     )

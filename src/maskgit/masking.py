@@ -32,10 +32,51 @@ def random_token_mask(
     Counts are clipped to [1, N], so no image is left without a masked token; positions are
     uniform without replacement.
     """
-    r = torch.rand(batch_size, generator=generator)
-    counts = torch.ceil(gamma(schedule, r, num_tokens) * num_tokens).long().clamp(1, num_tokens)
+    counts = _mask_counts(batch_size, num_tokens, schedule, generator)
     scores = torch.rand(batch_size, num_tokens, generator=generator)
     ranks = scores.argsort(dim=1).argsort(dim=1)  # (B, N): a random permutation per row
+    return (ranks < counts[:, None]).to(device)
+
+
+def _mask_counts(batch_size: int, num_tokens: int, schedule: str, generator) -> torch.Tensor:
+    """Per image r ~ U(0,1) -> ceil(gamma(r) N) masked tokens, clipped to [1, N]. (B,)"""
+    r = torch.rand(batch_size, generator=generator)
+    return torch.ceil(gamma(schedule, r, num_tokens) * num_tokens).long().clamp(1, num_tokens)
+
+
+def region_token_mask(
+    batch_size: int,
+    grid: int,
+    schedule: str,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Training mask (B, grid*grid), True = masked, shaped like an inpainting hole.
+
+    The count per image follows the schedule exactly as in `random_token_mask`, but the
+    masked tokens are the `count` tokens nearest to a random shape: a box (Chebyshev distance
+    to a random centre with a random aspect ratio) or a stroke (distance to a random
+    three-segment polyline), half the images each. So the hole grows as one contiguous
+    region, like the boxes and free-form strokes users paint.
+    """
+    counts = _mask_counts(batch_size, grid * grid, schedule, generator)
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    points = torch.stack([xs, ys], -1).reshape(1, -1, 2).float() + 0.5  # (1, N, 2)
+    centre = torch.rand(batch_size, 1, 2, generator=generator) * grid  # (B, 1, 2)
+    aspect = torch.exp(torch.empty(batch_size, 1, 2).uniform_(-0.7, 0.7, generator=generator))
+    box = ((points - centre).abs() * aspect).amax(-1)  # (B, N)
+    corners = torch.rand(batch_size, 4, 2, generator=generator) * grid  # (B, 4, 2): polyline
+    start, end = corners[:, :-1, None], corners[:, 1:, None]  # (B, 3, 1, 2)
+    direction = end - start
+    t = ((points[:, None] - start) * direction).sum(-1) / direction.square().sum(-1).clamp_min(
+        1e-6
+    )  # (B, 3, N): projection of each token centre on each segment
+    nearest = start + t.clamp(0, 1)[..., None] * direction  # (B, 3, N, 2)
+    stroke = (points[:, None] - nearest).norm(dim=-1).amin(1)  # (B, N)
+    use_box = torch.rand(batch_size, 1, generator=generator) < 0.5
+    distance = torch.where(use_box, box, stroke)
+    distance = distance + 1e-3 * torch.rand(distance.shape, generator=generator)  # break ties
+    ranks = distance.argsort(dim=1).argsort(dim=1)  # (B, N): 0 = nearest to the shape
     return (ranks < counts[:, None]).to(device)
 
 

@@ -41,7 +41,7 @@ from maskgit.checkpoint import CheckpointError, load_state, save_model, save_sta
 from maskgit.config import ConfigError, Preset, TrainingConfig, to_dict
 from maskgit.data import TensorImages, TokenDataset, split_indices, to_uint8
 from maskgit.fileio import atomic_write
-from maskgit.masking import apply_token_mask, random_token_mask
+from maskgit.masking import apply_token_mask, random_token_mask, region_token_mask
 from maskgit.schedule import validate_schedule
 from maskgit.tokenizer.losses import (
     PerceptualLoss,
@@ -161,6 +161,11 @@ class TransformerTask:
     def _masked_batch(self, tokens, rng, offset, global_batch):
         cfg = self.model().cfg
         mask = random_token_mask(global_batch, cfg.num_tokens, self.cfg.mask_schedule, rng)
+        if self.cfg.region_mask_fraction > 0:  # (drawn for the global batch, like `mask`)
+            grid = math.isqrt(cfg.num_tokens)
+            regions = region_token_mask(global_batch, grid, self.cfg.mask_schedule, rng)
+            use_region = torch.rand(global_batch, 1, generator=rng) < self.cfg.region_mask_fraction
+            mask = torch.where(use_region, regions, mask)
         mask = mask[offset : offset + tokens.shape[0]].to(tokens.device)  # (B, N)
         return apply_token_mask(tokens, mask, cfg.mask_token_id), mask
 
