@@ -14,8 +14,9 @@ from PIL import Image
 from maskgit.checkpoint import save_model
 from maskgit.cli import main
 from maskgit.config import get_preset
-from maskgit.evaluate import baseline_fill
+from maskgit.evaluate import CEILING, baseline_fill, load_test_set, reference_fill
 from maskgit.fid import InceptionWeightsError, find_inception_weights
+from maskgit.pipeline import MaskGIT
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
@@ -75,6 +76,24 @@ def test_baselines_keep_known_pixels_and_fill_the_hole():
         baseline_fill("magic", images, masks)
 
 
+def test_tokenizer_ceiling_decodes_the_true_tokens_into_the_hole(setup):
+    model = MaskGIT.from_pretrained(setup["model"], device="cpu")
+    test = load_test_set(setup["images"], setup["masks"], None, SIZE)
+    filled = reference_fill(CEILING, model, test)
+    hole = test.masks[:, None].expand_as(filled)
+    assert torch.equal(filled[~hole], test.truth[~hole])
+    assert torch.equal(filled[hole], model.reconstruct(test.truth)[hole])
+
+
+def test_evaluate_unknown_baseline_fails_before_inpainting(setup, tmp_path, capsys):
+    argv = ["evaluate", "--model", str(setup["model"]), "--images", str(setup["images"])]
+    argv += ["--masks", str(setup["masks"]), "--out", str(tmp_path / "o"), "--baselines", "magic"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--baselines magic" in err and "tokenizer-ceiling" in err
+    assert not (tmp_path / "o").exists()
+
+
 @needs_inception
 def test_sweep_writes_csv_plots_and_table(setup, capsys):
     out = setup["root"] / "sweep"
@@ -132,13 +151,14 @@ def test_evaluate_writes_results_and_images(setup, capsys):
             "2",
             "--baselines",
             "white",
+            "tokenizer-ceiling",
             "--device",
             "cpu",
         ]
     )
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in rows] == ["maskgit", "white"]
+    assert [r["method"] for r in rows] == ["maskgit", "white", "tokenizer-ceiling"]
     assert rows[0]["n"] == 6 and {"fid", "kid_mean", "psnr", "ssim", "l1"} <= set(rows[0])
     assert len(list((out / "maskgit").glob("*.png"))) == 6
 

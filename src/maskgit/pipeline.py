@@ -165,6 +165,15 @@ class MaskGIT:
         return to_uint8(images.cpu())
 
     @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Tokenizer round trip of uint8 images (B, 3, S, S): encode, quantise, decode."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = to_model_range(images[start : start + batch_size]).to(self.device)
+            out.append(self._decode_images(self.tokenizer.encode(batch).flatten(1)))
+        return torch.cat(out)
+
+    @torch.no_grad()
     def fill_tokens(
         self,
         images: torch.Tensor,

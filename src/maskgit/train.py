@@ -261,6 +261,21 @@ class CsvLog:
             except ImportError:
                 pass
 
+    def drop_after(self, step: int) -> None:
+        """Forget rows past `step` (the resumed position): those steps run again."""
+        if not self.enabled or not self.path.exists():
+            return
+        with open(self.path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= step]
+        if len(kept) < len(rows):
+
+            def write(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as handle:
+                    csv.writer(handle).writerows(kept)
+
+            atomic_write(self.path, write)
+
     def write(self, step: int, epoch: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
@@ -408,7 +423,9 @@ def fit(
     if ddp.main:  # only once the run can start (checks passed, `latest` loaded)
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp"):  # temp files of writes cut short by a kill
-            if stale.name.startswith((f".{STATE_FILE}.", ".tokenizer", ".transformer", ".config")):
+            if stale.name.startswith(
+                (f".{STATE_FILE}.", ".tokenizer", ".transformer", ".config", ".metrics")
+            ):
                 stale.unlink(missing_ok=True)
         if preset is not None:
             text = yaml.safe_dump(to_dict(preset), sort_keys=False)
@@ -436,6 +453,7 @@ def fit(
             save_model(ema or task.model(), out / f"{task.name}-{tag}.safetensors")
 
     log = CsvLog(out, ddp.main)
+    log.drop_after(position["step"])
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     )
