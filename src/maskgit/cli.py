@@ -310,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="inpaint bundled sample emoji with the embedded default")
     p.add_argument("--out", default="maskgit-demo", help="output folder (default maskgit-demo)")
     p.add_argument("--model", default=None, help="model folder (default: the embedded default)")
-    p.add_argument("--steps", type=int, default=12, help="decoding steps (default 12)")
-    p.add_argument("--schedule", default="cosine", help="mask schedule (default cosine)")
+    p.add_argument(
+        "--steps", type=int, default=8, help="decoding steps (default 8: best FID, model card)"
+    )
+    p.add_argument("--schedule", default="linear", help="mask schedule (default linear)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--temperature",

@@ -16,6 +16,8 @@ SAMPLES_DIR = Path(__file__).parent / "samples"
 # Decoding settings that scored best for the embedded default (docs/model-card.md)
 DEMO_TEMPERATURE = 0.0
 DEMO_CHOICE_TEMPERATURE = 1.0
+DEMO_STEPS = 8  # linear, 8 steps: the default model's best FID (docs/schedule-study.md)
+DEMO_SCHEDULE = "linear"
 
 
 def sample_pairs() -> list[tuple[Path, Path]]:
@@ -27,8 +29,8 @@ def sample_pairs() -> list[tuple[Path, Path]]:
 def run_demo(
     out: str | Path = "maskgit-demo",
     model_path: str | None = None,
-    steps: int = 12,
-    schedule: str = "cosine",
+    steps: int = DEMO_STEPS,
+    schedule: str = DEMO_SCHEDULE,
     seed: int = 0,
     device: str | None = None,
     temperature: float = DEMO_TEMPERATURE,

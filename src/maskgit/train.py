@@ -252,6 +252,7 @@ class CsvLog:
     def __init__(self, folder: Path, enabled: bool):
         self.path = folder / "metrics.csv"
         self.enabled = enabled
+        self.rows = 0  # data rows in the file (saved with the state, see keep_first)
         self.writer = None
         if enabled:
             try:
@@ -261,14 +262,17 @@ class CsvLog:
             except ImportError:
                 pass
 
-    def drop_after(self, step: int) -> None:
-        """Forget rows past `step` (the resumed position): those steps run again."""
+    def keep_first(self, rows: int | None) -> None:
+        """Resume: keep the header and the first `rows` rows, those logged before the saved
+        state (None keeps all); later rows belong to steps that run again."""
+        self.rows = 0
         if not self.enabled or not self.path.exists():
             return
         with open(self.path, newline="") as handle:
-            rows = list(csv.reader(handle))
-        kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= step]
-        if len(kept) < len(rows):
+            lines = list(csv.reader(handle))
+        kept = lines if rows is None else lines[: rows + 1]
+        self.rows = max(len(kept) - 1, 0)
+        if len(kept) < len(lines):
 
             def write(tmp: Path) -> None:
                 with open(tmp, "w", newline="") as handle:
@@ -286,6 +290,7 @@ class CsvLog:
                 writer.writerow(["step", "epoch", "split", "metric", "value"])
             for key, value in metrics.items():
                 writer.writerow([step, epoch, split, key, f"{value:.6g}"])
+                self.rows += 1
                 if self.writer is not None:
                     self.writer.add_scalar(f"{split}/{key}", value, step)
 
@@ -401,6 +406,7 @@ def fit(
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     position = {"step": 0, "epoch": 0, "batch": 0, "best": float("inf")}
+    log_rows = None  # metrics.csv rows written when the resumed state was saved
     state_path = out / STATE_FILE
     if resume:
         if not state_path.is_file():
@@ -414,6 +420,7 @@ def fit(
                 ema.load_state_dict(state["ema"])
             _set_rng_state(state)
             position = state["position"]
+            log_rows = state.get("log_rows")
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             detail = " ".join(str(exc).split())  # torch's message spans one line per tensor
             raise CheckpointError(
@@ -446,6 +453,7 @@ def fit(
             "ema": ema.state_dict() if ema is not None else None,
             **_rng_state(device),
             "position": dict(position),
+            "log_rows": log.rows,
         }
         save_state(state, state_path)
         save_model(ema or task.model(), out / f"{task.name}.safetensors")
@@ -453,7 +461,7 @@ def fit(
             save_model(ema or task.model(), out / f"{task.name}-{tag}.safetensors")
 
     log = CsvLog(out, ddp.main)
-    log.drop_after(position["step"])
+    log.keep_first(log_rows)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     )
