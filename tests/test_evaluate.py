@@ -64,6 +64,15 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def eval_argv(command: str, setup: dict[str, Path], out: Path) -> list[str]:
+    """`maskgit COMMAND` on the tiny model and the six test images, writing to `out`."""
+    return [
+        command,
+        *("--model", str(setup["model"]), "--images", str(setup["images"])),
+        *("--masks", str(setup["masks"]), "--out", str(out), "--device", "cpu"),
+    ]
+
+
 def test_baselines_keep_known_pixels_and_fill_the_hole():
     images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     masks = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
@@ -86,8 +95,7 @@ def test_tokenizer_ceiling_decodes_the_true_tokens_into_the_hole(setup):
 
 
 def test_evaluate_unknown_baseline_fails_before_inpainting(setup, tmp_path, capsys):
-    argv = ["evaluate", "--model", str(setup["model"]), "--images", str(setup["images"])]
-    argv += ["--masks", str(setup["masks"]), "--out", str(tmp_path / "o"), "--baselines", "magic"]
+    argv = eval_argv("evaluate", setup, tmp_path / "o") + ["--baselines", "magic"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--baselines magic" in err and "tokenizer-ceiling" in err
@@ -98,28 +106,8 @@ def test_evaluate_unknown_baseline_fails_before_inpainting(setup, tmp_path, caps
 def test_sweep_writes_csv_plots_and_table(setup, capsys):
     out = setup["root"] / "sweep"
     code = main(
-        [
-            "sweep",
-            "--model",
-            str(setup["model"]),
-            "--images",
-            str(setup["images"]),
-            "--masks",
-            str(setup["masks"]),
-            "--out",
-            str(out),
-            "--schedules",
-            "linear",
-            "cosine",
-            "--steps",
-            "1",
-            "2",
-            "--baselines",
-            "white",
-            "telea",
-            "--device",
-            "cpu",
-        ]
+        eval_argv("sweep", setup, out)
+        + ["--schedules", "linear", "cosine", "--steps", "1", "2", "--baselines", "white", "telea"]
     )
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
@@ -137,24 +125,8 @@ def test_sweep_writes_csv_plots_and_table(setup, capsys):
 def test_evaluate_writes_results_and_images(setup, capsys):
     out = setup["root"] / "evaluate"
     code = main(
-        [
-            "evaluate",
-            "--model",
-            str(setup["model"]),
-            "--images",
-            str(setup["images"]),
-            "--masks",
-            str(setup["masks"]),
-            "--out",
-            str(out),
-            "--steps",
-            "2",
-            "--baselines",
-            "white",
-            "tokenizer-ceiling",
-            "--device",
-            "cpu",
-        ]
+        eval_argv("evaluate", setup, out)
+        + ["--steps", "2", "--baselines", "white", "tokenizer-ceiling"]
     )
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())
