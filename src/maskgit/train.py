@@ -345,6 +345,17 @@ def _hold_sigint():
             signal.raise_signal(signal.SIGINT)
 
 
+@torch.no_grad()
+def _copy_from_main(model: nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers.
+
+    Called after a model's training hook, which may change weights outside autograd (dead-code
+    re-seeding draws from this rank's own batch); without it the ranks' models drift apart.
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        dist.broadcast(tensor, src=0)
+
+
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -503,6 +514,8 @@ def fit(
                     hook = getattr(task.model(), "after_optimizer_step", None)
                     if hook is not None:
                         metrics.update(hook())
+                        if ddp.world > 1:
+                            _copy_from_main(task.model())
                     position["step"] += 1
                     position["batch"] = index + 1
                     step_start = None
@@ -578,14 +591,18 @@ def _optimizer_step(
                         stack.enter_context(net.no_sync())
             with autocast:
                 out = task.step(batch, step, rng, ddp.rank * micro, micro * ddp.world)
-            count = out.count.detach().clone()
+            # One all-reduce carries the count and whether any rank's loss is non-finite, so
+            # every rank stops together (a lone rank stopping would leave the others waiting).
+            local_bad = (~torch.isfinite(out.loss_sum.detach())).to(out.count.dtype)
+            reduced = torch.stack([out.count.detach(), local_bad])
             if ddp.world > 1:
-                dist.all_reduce(count)
+                dist.all_reduce(reduced)
+            count, ranks_bad = reduced[0], int(reduced[1].item())
             loss = out.loss_sum * ddp.world / count.clamp_min(1) / cfg.grad_accum
-            if not torch.isfinite(loss):
+            if ranks_bad:
                 raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at step {step}: stopping; the last "
-                    "checkpoint was left intact"
+                    f"non-finite loss on {ranks_bad} of {ddp.world} process(es) at step {step}: "
+                    "stopping; the last checkpoint was left intact"
                 )
             loss.backward()
         loss_value += loss.item() / ddp.world
