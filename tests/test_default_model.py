@@ -5,7 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from maskgit.data import load_image, to_model_range
 from maskgit.demo import sample_pairs
+from maskgit.fill import classical_fill
+from maskgit.masking import pixel_to_token_mask
 from maskgit.pipeline import DEFAULT_MODEL_DIR, MaskGIT
 
 WEIGHT_BUDGET_BYTES = 40 * 1024 * 1024
@@ -46,3 +49,25 @@ def test_default_model_reconstructs_known_content(default_model):
         recon = default_model.tokenizer.decode_tokens(tokens).clamp(-1, 1)
     mse = ((recon - x) / 2).pow(2).mean().item()
     assert 10 * np.log10(1 / mse) > 15
+
+
+def test_telea_prefill_keeps_the_context_tokens_closer_to_the_whole_images(default_model):
+    """What the encoder sees in the hole changes the known tokens around it (its receptive
+    field spans several tokens); with the Telea pre-fill fewer of them differ from the whole
+    image's tokens than with a white hole (measured on the test split: 27 % vs 58 %)."""
+    pairs = sample_pairs()
+    images = torch.stack(
+        [torch.from_numpy(np.array(load_image(i, 64))).permute(2, 0, 1) for i, _ in pairs]
+    )
+    masks = torch.stack(
+        [torch.from_numpy(np.asarray(Image.open(m).convert("L")) >= 128) for _, m in pairs]
+    )
+    known = ~pixel_to_token_mask(masks, default_model.downsample)
+    with torch.no_grad():
+        truth = default_model.tokenizer.encode(to_model_range(images))
+        changed = {}
+        for prefill in ("telea", "white"):
+            filled = classical_fill(prefill, images, masks)
+            tokens = default_model.tokenizer.encode(to_model_range(filled))
+            changed[prefill] = ((tokens != truth) & known).sum() / known.sum()
+    assert changed["telea"] < 0.75 * changed["white"], changed

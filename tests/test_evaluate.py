@@ -14,7 +14,7 @@ from PIL import Image
 from maskgit.checkpoint import save_model
 from maskgit.cli import main
 from maskgit.config import get_preset
-from maskgit.evaluate import CEILING, baseline_fill, load_test_set, reference_fill
+from maskgit.evaluate import CEILING, load_test_set, reference_fill
 from maskgit.fid import InceptionWeightsError, find_inception_weights
 from maskgit.pipeline import MaskGIT
 from maskgit.tokenizer.model import VQGAN
@@ -71,18 +71,6 @@ def eval_argv(command: str, setup: dict[str, Path], out: Path) -> list[str]:
         *("--model", str(setup["model"]), "--images", str(setup["images"])),
         *("--masks", str(setup["masks"]), "--out", str(out), "--device", "cpu"),
     ]
-
-
-def test_baselines_keep_known_pixels_and_fill_the_hole():
-    images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
-    masks = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
-    masks[:, 5:9, 5:9] = True
-    for name in ("white", "telea", "navier-stokes", "biharmonic"):
-        filled = baseline_fill(name, images, masks)
-        assert torch.equal(filled[:, :, ~masks[0]], images[:, :, ~masks[0]]), name
-    assert (baseline_fill("white", images, masks)[:, :, masks[0]] == 255).all()
-    with pytest.raises(ValueError, match="valid: white"):
-        baseline_fill("magic", images, masks)
 
 
 def test_tokenizer_ceiling_decodes_the_true_tokens_into_the_hole(setup):

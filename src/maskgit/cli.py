@@ -181,7 +181,21 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def _decode_options(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temperature, "choice_temperature": args.choice_temperature}
+    return {
+        "temperature": args.temperature,
+        "choice_temperature": args.choice_temperature,
+        "prefill": args.prefill,
+    }
+
+
+def _add_prefill(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prefill",
+        default="telea",
+        choices=["telea", "white"],
+        help="what the tokenizer sees in the hole before encoding: a Telea fill (default; "
+        "keeps the tokens around the hole close to those of a whole image) or plain white",
+    )
 
 
 def _model_and_test_set(args: argparse.Namespace):
@@ -269,6 +283,7 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--choice-temperature", type=float, default=4.5)
+    _add_prefill(p)
     _add_common(p)
 
 
@@ -456,6 +471,7 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
         help="Gumbel noise on the confidence, annealed to 0 (default 4.5)",
     )
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among top K")
+    _add_prefill(p)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument(
@@ -476,6 +492,7 @@ def _decoding_options(args: argparse.Namespace) -> dict:
         "temperature": args.temperature,
         "choice_temperature": args.choice_temperature,
         "top_k": args.top_k,
+        "prefill": args.prefill,
     }
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from maskgit.data import DataError, list_images, load_image
 from maskgit.fid import InceptionFeatures
+from maskgit.fill import CLASSICAL_FILLS, classical_fill
 from maskgit.masking import pixel_mask_from_array
 from maskgit.metrics import (
     fid_from_features,
@@ -32,7 +33,7 @@ from maskgit.metrics import (
 from maskgit.pipeline import MaskGIT, paste_known
 from maskgit.visualize import save_png
 
-BASELINES = ("white", "telea", "navier-stokes", "biharmonic")
+BASELINES = CLASSICAL_FILLS
 # Not a competitor but a diagnosis: the ground truth's own tokens decoded into the hole, i.e.
 # what a perfect transformer would give with this tokenizer (its FID is MaskGIT's floor).
 CEILING = "tokenizer-ceiling"
@@ -85,40 +86,13 @@ def load_test_set(
     return TestSet([p.name for p in image_files], stack(imgs), torch.stack(msks), stack(truths))
 
 
-def baseline_fill(name: str, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Classical inpainting of uint8 images (N, 3, H, W) under bool masks (N, H, W)."""
-    if name == "white":
-        return paste_known(images, torch.full_like(images, 255), masks)
-    out = []
-    for image, mask in zip(images.permute(0, 2, 3, 1).numpy(), masks.numpy(), strict=True):
-        if name in ("telea", "navier-stokes"):
-            try:
-                import cv2
-            except ImportError as exc:
-                raise ImportError(
-                    "baselines need opencv: pip install 'maskgit[baselines]'"
-                ) from exc
-            flag = cv2.INPAINT_TELEA if name == "telea" else cv2.INPAINT_NS
-            filled = cv2.inpaint(image, mask.astype(np.uint8) * 255, 3, flag)
-        elif name == "biharmonic":
-            try:
-                from skimage.restoration import inpaint_biharmonic
-            except ImportError as exc:
-                raise ImportError(
-                    "baselines need scikit-image: pip install 'maskgit[baselines]'"
-                ) from exc
-            filled = (inpaint_biharmonic(image, mask, channel_axis=-1) * 255).round()
-        else:
-            raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(REFERENCES)}")
-        out.append(np.clip(filled, 0, 255).astype(np.uint8))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-
-
 def reference_fill(name: str, model: MaskGIT, test: TestSet) -> torch.Tensor:
     """A reference row's images: a classical baseline, or the tokenizer ceiling (CEILING)."""
     if name == CEILING:
         return paste_known(test.images, model.reconstruct(test.truth), test.masks)
-    return baseline_fill(name, test.images, test.masks)
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(REFERENCES)}")
+    return classical_fill(name, test.images, test.masks)
 
 
 class Scorer:
@@ -205,7 +179,15 @@ def evaluate(
 
 
 def _settings(decode: dict) -> dict:
-    keys = ("schedule", "steps", "sweet_spot", "temperature", "choice_temperature", "seed")
+    keys = (
+        "schedule",
+        "steps",
+        "sweet_spot",
+        "temperature",
+        "choice_temperature",
+        "prefill",
+        "seed",
+    )
     return {k: decode.get(k) for k in keys if k in decode}
 
 
@@ -232,6 +214,7 @@ def sweep(
     inception_weights: str | None = None,
     temperature: float = 1.0,
     choice_temperature: float = 4.5,
+    prefill: str = "telea",
 ) -> list[dict]:
     """Schedules x steps x sweet spots x seeds -> sweep.csv/json, plots and table.md."""
     out = Path(out)
@@ -255,6 +238,7 @@ def sweep(
             seed=seed,
             temperature=temperature,
             choice_temperature=choice_temperature,
+            prefill=prefill,
         )
         rows.append(
             {
@@ -263,6 +247,7 @@ def sweep(
                 "steps": total,
                 "sweet_spot": spot or total,
                 "seed": seed,
+                "prefill": prefill,
                 **scorer.score(results),
                 "s_per_image": seconds,
             }

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from maskgit.data import DataError, list_images, load_image
 from maskgit.decoding import check_decode_args
 from maskgit.masking import MASK_CONVENTIONS
-from maskgit.pipeline import MASKED_PIXEL_VALUE, MaskGIT
+from maskgit.pipeline import MASKED_PIXEL_VALUE, MaskGIT, check_prefill
 from maskgit.visualize import masked_preview, save_png, save_step_visuals
 
 STEPS_FOLDER = "steps"  # step visuals go to <out>/steps/
@@ -185,9 +185,11 @@ def check_options(
     choice_temperature: float = 4.5,
     top_k: int | None = None,
     seed: int = 0,
+    prefill: str = "telea",
 ) -> None:
     """Validate decoding and run options (ValueError naming the option); defaults as MaskGIT's."""
     check_decode_args(steps, sweet_spot, schedule)
+    check_prefill(prefill)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected at least 1")
     if feather < 0:
@@ -234,7 +236,8 @@ def inpaint_folder(
     Image i (in file-name order) uses seed + i, so results do not depend on `batch_size`.
     With `save_steps`, out/steps/ gets `<stem>_tokens.png`, `<stem>_steps.png`,
     `<stem>_compare.png` (beside the ground truth from `gt` when given) and `<stem>.gif`.
-    `decode_kwargs`: steps, schedule, sweet_spot, temperature, choice_temperature, top_k.
+    `decode_kwargs`: steps, schedule, sweet_spot, temperature, choice_temperature, top_k,
+    prefill.
     Returns the output image paths, in input order. Validation errors leave `out` untouched.
     """
     check_options(batch_size=batch_size, feather=feather, seed=seed, **decode_kwargs)

@@ -23,12 +23,17 @@ from PIL import Image
 from maskgit.checkpoint import CheckpointError, load_model
 from maskgit.data import to_model_range, to_rgb, to_uint8
 from maskgit.decoding import DecodeStep, check_decode_args, decode
+from maskgit.fill import classical_fill
 from maskgit.masking import pixel_mask_from_array, pixel_to_token_mask
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "emoji-demo"
-MASKED_PIXEL_VALUE = 255  # what the encoder sees where pixels are to be repainted (white)
+MASKED_PIXEL_VALUE = 255  # canvas colour of unknown pixels (outpaint, generate, previews)
+# What the encoder sees in the hole: a classical fill (default) or plain white. The encoder's
+# receptive field spans several tokens, so the hole's content changes the *known* tokens
+# around it, which the transformer only ever saw computed from whole real images.
+PREFILLS = ("telea", "white")
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
@@ -188,15 +193,16 @@ class MaskGIT:
         seed: int = 0,
         first_index: int = 0,
         return_steps: bool = False,
+        prefill: str = "telea",
     ) -> tuple[torch.Tensor, torch.Tensor, list[DecodeStep]]:
         """Core of inpaint: uint8 images (B,3,S,S) + bool masks (B,S,S) -> decoded uint8 images.
 
-        Image i uses seed + first_index + i, so results do not depend on the batching.
+        The hole is pre-filled by `prefill` (one of PREFILLS) before encoding. Image i uses
+        seed + first_index + i, so results do not depend on the batching.
         Returns (decoded images, token masks (B, h, w), step records).
         """
-        filled = torch.where(
-            pixel_masks[:, None], torch.full_like(images, MASKED_PIXEL_VALUE), images
-        )
+        check_prefill(prefill)
+        filled = classical_fill(prefill, images, pixel_masks)
         tokens = self.tokenizer.encode(to_model_range(filled).to(self.device))  # (B, h, w)
         unknown = pixel_to_token_mask(pixel_masks, self.downsample).to(self.device)
         gens = [torch.Generator().manual_seed(seed + first_index + i) for i in range(len(images))]
@@ -232,13 +238,16 @@ class MaskGIT:
         mask_convention: str = "white-repaint",
         feather: int = 0,
         batch_size: int = 32,
+        prefill: str = "telea",
     ) -> InpaintResult:
         """Repaint the masked pixels of each image; pixels outside the mask stay exact.
 
         `feather` > 0 blends the generated content into the hole over that many pixels
-        inside the mask edge (outside the mask nothing changes).
+        inside the mask edge (outside the mask nothing changes). `prefill` is what the
+        tokenizer sees in the hole (PREFILLS; "telea" scored best, docs/model-card.md).
         """
         check_decode_args(steps, sweet_spot, schedule)
+        check_prefill(prefill)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected at least 1")
         if feather < 0:
@@ -264,6 +273,7 @@ class MaskGIT:
                 seed=seed,
                 first_index=start,
                 return_steps=return_steps,
+                prefill=prefill,
             )
             merged = paste_known(batch, decoded, pmask, feather)
             result.images += [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in merged]
@@ -328,6 +338,12 @@ class MaskGIT:
         blank = torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8)
         full = torch.ones(size, size, dtype=torch.bool)
         return self.inpaint([blank] * n, [full] * n, **kwargs)
+
+
+def check_prefill(prefill: str) -> None:
+    """ValueError unless `prefill` is one of PREFILLS."""
+    if prefill not in PREFILLS:
+        raise ValueError(f"prefill={prefill!r}: expected one of {', '.join(PREFILLS)}")
 
 
 def paste_known(

@@ -1,0 +1,72 @@
+"""Classical fills (baselines and the pre-fill of the hole before encoding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskgit.config import get_preset
+from maskgit.data import to_model_range
+from maskgit.fill import CLASSICAL_FILLS, classical_fill
+from maskgit.pipeline import MaskGIT
+from maskgit.tokenizer.model import VQGAN
+from maskgit.transformer import BidirectionalTransformer
+
+torch.set_num_threads(1)
+
+SIZE = 16
+
+
+def hole(y0=5, y1=9, x0=5, x1=9) -> torch.Tensor:
+    masks = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    masks[:, y0:y1, x0:x1] = True
+    return masks
+
+
+def flat_images(colour=(200, 30, 60)) -> torch.Tensor:
+    return torch.tensor(colour, dtype=torch.uint8)[None, :, None, None].expand(2, 3, SIZE, SIZE)
+
+
+def test_fills_keep_known_pixels_and_fill_the_hole():
+    images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    masks = hole()
+    for name in CLASSICAL_FILLS:
+        filled = classical_fill(name, images, masks)
+        assert filled.shape == images.shape and filled.dtype == torch.uint8
+        assert torch.equal(filled[:, :, ~masks[0]], images[:, :, ~masks[0]]), name
+    assert (classical_fill("white", images, masks)[:, :, masks[0]] == 255).all()
+    with pytest.raises(ValueError, match="valid: white"):
+        classical_fill("magic", images, masks)
+
+
+@pytest.mark.parametrize("name", ["telea", "navier-stokes", "biharmonic"])
+def test_smooth_fills_continue_a_flat_colour(name):
+    images = flat_images()
+    filled = classical_fill(name, images.clone(), hole())
+    assert (filled.int() - images.int()).abs().max() <= 3, name  # Telea adds +-2 noise
+
+
+@pytest.fixture(scope="module")
+def model() -> MaskGIT:
+    preset = get_preset("tiny")
+    torch.manual_seed(0)
+    return MaskGIT(VQGAN(preset.tokenizer), BidirectionalTransformer(preset.transformer), "cpu")
+
+
+@pytest.mark.parametrize("prefill", ["telea", "white"])
+def test_known_tokens_are_encoded_from_the_prefilled_image(model, prefill):
+    images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    masks = hole()
+    _, token_masks, records = model.fill_tokens(
+        images, masks, steps=2, prefill=prefill, return_steps=True
+    )
+    expected = model.tokenizer.encode(to_model_range(classical_fill(prefill, images, masks)))
+    known = ~token_masks.flatten(1)
+    given = records[0].tokens  # (B, N): the known tokens stay as given at every step
+    assert torch.equal(given[known], expected.flatten(1)[known])
+
+
+def test_unknown_prefill_is_refused(model):
+    image = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="prefill='blur': expected one of telea, white"):
+        model.inpaint(image, hole()[0], prefill="blur")
