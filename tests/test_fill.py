@@ -39,6 +39,16 @@ def test_fills_keep_known_pixels_and_fill_the_hole():
         classical_fill("magic", images, masks)
 
 
+def test_fills_never_read_the_pixels_under_the_hole():
+    # The pre-fill sees test images whose hole still holds the truth: it must not leak.
+    images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    other = images.clone()
+    masks = hole(3, 12, 4, 10)
+    other[:, :, 3:12, 4:10] = 255 - other[:, :, 3:12, 4:10]
+    for name in CLASSICAL_FILLS:
+        assert torch.equal(classical_fill(name, images, masks), classical_fill(name, other, masks))
+
+
 @pytest.mark.parametrize("name", ["telea", "navier-stokes", "biharmonic"])
 def test_smooth_fills_continue_a_flat_colour(name):
     images = flat_images()

@@ -496,6 +496,16 @@ def _decoding_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _run_options(args: argparse.Namespace) -> dict:
+    """The options of a file-writing run (inpaint, outpaint, generate) besides decoding."""
+    return {
+        "save_steps": args.save_steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+
+
 def _report(what: str, paths: list, out: str, save_steps: bool, started: float) -> None:
     from pathlib import Path
 
@@ -510,9 +520,9 @@ def _report(what: str, paths: list, out: str, save_steps: bool, started: float) 
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from maskgit.inpaint_files import check_options, inpaint_folder
+    from maskgit.inpaint_files import inpaint_folder
     from maskgit.masking import MASK_CONVENTIONS
-    from maskgit.pipeline import MaskGIT
+    from maskgit.pipeline import MaskGIT, check_options
 
     started = time.perf_counter()
     options = _decoding_options(args)
@@ -527,12 +537,9 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         args.masks,
         args.out,
         gt=args.gt,
-        save_steps=args.save_steps,
-        batch_size=args.batch_size,
         mask_convention=convention,
         feather=args.feather,
-        seed=args.seed,
-        progress=not args.no_progress,
+        **_run_options(args),
         **options,
     )
     _report("inpainted images", paths, args.out, args.save_steps, started)
@@ -540,8 +547,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from maskgit.inpaint_files import check_options, generate_files
-    from maskgit.pipeline import MaskGIT
+    from maskgit.inpaint_files import generate_files
+    from maskgit.pipeline import MaskGIT, check_options
 
     started = time.perf_counter()
     options = _decoding_options(args)
@@ -553,10 +560,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model,
         args.n,
         args.out,
-        save_steps=args.save_steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
+        **_run_options(args),
         **options,
     )
     _report("generated images", paths, args.out, args.save_steps, started)

@@ -30,9 +30,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from maskgit.data import DataError, list_images, load_image
-from maskgit.decoding import check_decode_args
 from maskgit.masking import MASK_CONVENTIONS
-from maskgit.pipeline import MASKED_PIXEL_VALUE, MaskGIT, check_prefill
+from maskgit.pipeline import MASKED_PIXEL_VALUE, MaskGIT, check_options
 from maskgit.visualize import masked_preview, save_png, save_step_visuals
 
 STEPS_FOLDER = "steps"  # step visuals go to <out>/steps/
@@ -172,36 +171,6 @@ def load_inputs(model: MaskGIT, pairs: Sequence[Pair], mask_convention: str) -> 
             truth = Image.fromarray(load_image(pair.ground_truth, size))
         loaded.ground_truths.append(truth)
     return loaded
-
-
-def check_options(
-    *,
-    batch_size: int = 32,
-    feather: int = 0,
-    steps: int = 12,
-    sweet_spot: int | None = None,
-    schedule: str = "cosine",
-    temperature: float = 1.0,
-    choice_temperature: float = 4.5,
-    top_k: int | None = None,
-    seed: int = 0,
-    prefill: str = "telea",
-) -> None:
-    """Validate decoding and run options (ValueError naming the option); defaults as MaskGIT's."""
-    check_decode_args(steps, sweet_spot, schedule)
-    check_prefill(prefill)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected at least 1")
-    if feather < 0:
-        raise ValueError(f"feather={feather}: expected 0 (no feathering) or more pixels")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature}: expected >= 0 (0 = argmax)")
-    if choice_temperature < 0:
-        raise ValueError(f"choice_temperature={choice_temperature}: expected >= 0")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k}: expected at least 1")
-    if seed < 0:
-        raise ValueError(f"seed={seed}: expected >= 0")
 
 
 def _check_out(out: Path, *inputs: str | Path | None) -> None:

@@ -246,12 +246,18 @@ class MaskGIT:
         inside the mask edge (outside the mask nothing changes). `prefill` is what the
         tokenizer sees in the hole (PREFILLS; "telea" scored best, docs/model-card.md).
         """
-        check_decode_args(steps, sweet_spot, schedule)
-        check_prefill(prefill)
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: expected at least 1")
-        if feather < 0:
-            raise ValueError(f"feather={feather}: expected 0 (no feathering) or more pixels")
+        check_options(
+            batch_size=batch_size,
+            feather=feather,
+            steps=steps,
+            sweet_spot=sweet_spot,
+            schedule=schedule,
+            temperature=temperature,
+            choice_temperature=choice_temperature,
+            top_k=top_k,
+            seed=seed,
+            prefill=prefill,
+        )
         images, masks = _as_list(images), _as_list(masks, item_ndim=2)
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
@@ -338,6 +344,36 @@ class MaskGIT:
         blank = torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8)
         full = torch.ones(size, size, dtype=torch.bool)
         return self.inpaint([blank] * n, [full] * n, **kwargs)
+
+
+def check_options(
+    *,
+    batch_size: int = 32,
+    feather: int = 0,
+    steps: int = 12,
+    sweet_spot: int | None = None,
+    schedule: str = "cosine",
+    temperature: float = 1.0,
+    choice_temperature: float = 4.5,
+    top_k: int | None = None,
+    seed: int = 0,
+    prefill: str = "telea",
+) -> None:
+    """Validate decoding and run options (ValueError naming the option); defaults as MaskGIT's."""
+    check_decode_args(steps, sweet_spot, schedule)
+    check_prefill(prefill)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected at least 1")
+    if feather < 0:
+        raise ValueError(f"feather={feather}: expected 0 (no feathering) or more pixels")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature}: expected >= 0 (0 = argmax)")
+    if choice_temperature < 0:
+        raise ValueError(f"choice_temperature={choice_temperature}: expected >= 0")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k}: expected at least 1")
+    if seed < 0:
+        raise ValueError(f"seed={seed}: expected >= 0")
 
 
 def check_prefill(prefill: str) -> None:
