@@ -168,7 +168,7 @@ def evaluate(
     rows.append(
         {"method": "maskgit", **_settings(decode), **scorer.score(results), "s_per_image": seconds}
     )
-    for name in tqdm(baselines, desc="baselines", leave=False):
+    for name in tqdm(baselines, desc="baselines", leave=False, disable=not baselines):
         started = time.perf_counter()
         filled = reference_fill(name, model, test)
         seconds = (time.perf_counter() - started) / len(test.images)
