@@ -374,3 +374,18 @@ def test_save_step_visuals_writes_four_files(tmp_path):
     # nothing masked -> no step ran: still four files, one "no steps" frame
     paths = save_step_visuals(tmp_path, "y", image, image, [], start_mask=np.zeros((4, 4), bool))
     assert all(p.is_file() for p in paths)
+
+
+def test_prefill_choices_match_the_pipeline_and_change_the_result(capsys, lab, model_dir, tmp_path):
+    from maskgit.cli import PREFILL_CHOICES
+    from maskgit.pipeline import PREFILLS
+
+    assert PREFILL_CHOICES == PREFILLS
+    outputs = {}
+    for prefill in PREFILLS:
+        out = tmp_path / prefill
+        code, _, err = run(capsys, *inpaint_args(lab, model_dir, out, "--prefill", prefill))
+        assert code == 0, err
+        outputs[prefill] = [read(path) for path in sorted(out.glob("*.png"))]
+    assert len(outputs["telea"]) == len(outputs["white"]) > 0
+    assert any((a != b).any() for a, b in zip(outputs["telea"], outputs["white"], strict=True))

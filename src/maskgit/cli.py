@@ -15,6 +15,10 @@ import warnings
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
 
 
+# maskgit.pipeline.PREFILLS, repeated so that `--help` does not import torch (a test checks)
+PREFILL_CHOICES = ("telea", "white")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
@@ -192,7 +196,7 @@ def _add_prefill(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill",
         default="telea",
-        choices=["telea", "white"],
+        choices=PREFILL_CHOICES,
         help="what the tokenizer sees in the hole before encoding: a Telea fill (default; "
         "keeps the tokens around the hole close to those of a whole image) or plain white",
     )
