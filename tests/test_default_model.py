@@ -43,7 +43,7 @@ def test_default_model_inpaints_a_bundled_sample(default_model):
 def test_default_model_reconstructs_known_content(default_model):
     """The shipped tokenizer is trained: a sample's reconstruction is close (PSNR > 15 dB)."""
     image = Image.open(sample_pairs()[0][0]).convert("RGB")
-    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():
         tokens = default_model.tokenizer.encode(x)
         recon = default_model.tokenizer.decode_tokens(tokens).clamp(-1, 1)
