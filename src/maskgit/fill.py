@@ -16,13 +16,17 @@ CLASSICAL_FILLS = ("white", "telea", "navier-stokes", "biharmonic")
 
 
 def classical_fill(name: str, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Fill the masked pixels by method `name` (one of CLASSICAL_FILLS); others stay exact."""
+    """Fill the masked pixels by method `name` (one of CLASSICAL_FILLS); others stay exact.
+
+    The result is on the images' device (the classical methods themselves run on the CPU).
+    """
     if name not in CLASSICAL_FILLS:
         raise ValueError(f"unknown fill {name!r}; valid: {', '.join(CLASSICAL_FILLS)}")
     if name == "white":
         return torch.where(masks[:, None], torch.full_like(images, 255), images)
     out = []
-    for image, mask in zip(images.permute(0, 2, 3, 1).numpy(), masks.numpy(), strict=True):
+    pairs = zip(images.cpu().permute(0, 2, 3, 1).numpy(), masks.cpu().numpy(), strict=True)
+    for image, mask in pairs:
         if name == "biharmonic":
             filled = _biharmonic(image, mask)
         else:
@@ -31,7 +35,7 @@ def classical_fill(name: str, images: torch.Tensor, masks: torch.Tensor) -> torc
             flag = cv2.INPAINT_TELEA if name == "telea" else cv2.INPAINT_NS
             filled = cv2.inpaint(np.ascontiguousarray(image), mask.astype(np.uint8) * 255, 3, flag)
         out.append(np.clip(filled, 0, 255).astype(np.uint8))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(images.device)
 
 
 def _biharmonic(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
