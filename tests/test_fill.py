@@ -76,6 +76,17 @@ def test_known_tokens_are_encoded_from_the_prefilled_image(model, prefill):
     assert torch.equal(given[known], expected.flatten(1)[known])
 
 
+def test_a_given_context_is_encoded_instead_of_the_prefill(model):
+    images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    truth = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    _, token_masks, records = model.fill_tokens(
+        images, hole(), steps=2, context=truth, return_steps=True
+    )
+    known = ~token_masks.flatten(1)
+    expected = model.tokenizer.encode(to_model_range(truth)).flatten(1)
+    assert torch.equal(records[0].tokens[known], expected[known])
+
+
 def test_unknown_prefill_is_refused(model):
     image = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
     with pytest.raises(ValueError, match="prefill='blur': expected one of telea, white"):

@@ -194,15 +194,18 @@ class MaskGIT:
         first_index: int = 0,
         return_steps: bool = False,
         prefill: str = "telea",
+        context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[DecodeStep]]:
         """Core of inpaint: uint8 images (B,3,S,S) + bool masks (B,S,S) -> decoded uint8 images.
 
-        The hole is pre-filled by `prefill` (one of PREFILLS) before encoding. Image i uses
-        seed + first_index + i, so results do not depend on the batching.
+        The hole is pre-filled by `prefill` (one of PREFILLS) before encoding; `context`
+        (uint8 (B,3,S,S)), when given, is encoded instead (for diagnostics, e.g. the ground
+        truth: the best context there can be). Image i uses seed + first_index + i, so
+        results do not depend on the batching.
         Returns (decoded images, token masks (B, h, w), step records).
         """
         check_prefill(prefill)
-        filled = classical_fill(prefill, images, pixel_masks)
+        filled = classical_fill(prefill, images, pixel_masks) if context is None else context
         tokens = self.tokenizer.encode(to_model_range(filled).to(self.device))  # (B, h, w)
         unknown = pixel_to_token_mask(pixel_masks, self.downsample).to(self.device)
         gens = [torch.Generator().manual_seed(seed + first_index + i) for i in range(len(images))]
