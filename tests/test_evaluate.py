@@ -101,6 +101,7 @@ def test_sweep_writes_csv_plots_and_table(setup, capsys):
     rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
     assert len(rows) == 2 * 2 + 2
     assert {r["schedule"] for r in rows if r["method"] == "maskgit"} == {"linear", "cosine"}
+    assert {r["prefill"] for r in rows if r["method"] == "maskgit"} == {"telea"}  # the default
     assert all(np.isfinite(float(r["fid"])) and float(r["fid"]) >= 0 for r in rows)
     for plot in ("fid_vs_steps.png", "time_vs_steps.png"):
         picture = np.asarray(Image.open(out / plot).convert("L"))
@@ -114,11 +115,12 @@ def test_evaluate_writes_results_and_images(setup, capsys):
     out = setup["root"] / "evaluate"
     code = main(
         eval_argv("evaluate", setup, out)
-        + ["--steps", "2", "--baselines", "white", "tokenizer-ceiling"]
+        + ["--steps", "2", "--baselines", "white", "tokenizer-ceiling", "--prefill", "white"]
     )
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in rows] == ["maskgit", "white", "tokenizer-ceiling"]
+    assert rows[0]["prefill"] == "white" and rows[0]["steps"] == 2  # the settings are recorded
     assert rows[0]["n"] == 6 and {"fid", "kid_mean", "psnr", "ssim", "l1"} <= set(rows[0])
     assert len(list((out / "maskgit").glob("*.png"))) == 6
 
