@@ -147,55 +147,11 @@ def reference_decode(
     return torch.tensor(results)
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("steps", [1, 3, 8, 20])
-def test_reference_agrees_argmax(schedule, steps):
-    fn = RandomLinearLogits(seed=steps)
-    tokens, unknown = _problem(seed=steps)
-    seeds = [11, 12, 13]
-    got, _ = decode(
-        tokens,
-        unknown,
-        fn,
-        MASK,
-        steps=steps,
-        schedule=schedule,
-        temperature=0.0,
-        choice_temperature=4.5,
-        generator=_gens(seeds),
-    )
-    want = reference_decode(tokens, unknown, fn, steps, None, schedule, 0.0, 4.5, None, seeds)
-    assert torch.equal(got, want)
-
-
-@pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, None), (0.7, 5), (2.0, 1)])
-def test_reference_agrees_sampling(schedule, temperature, top_k):
-    fn = RandomLinearLogits(seed=3, scale=0.5)
-    tokens, unknown = _problem(seed=4, fractions=(1.0, 0.75, 0.1))
-    seeds = [5, 6, 7]
-    got, _ = decode(
-        tokens,
-        unknown,
-        fn,
-        MASK,
-        steps=6,
-        schedule=schedule,
-        temperature=temperature,
-        choice_temperature=2.0,
-        top_k=top_k,
-        generator=_gens(seeds),
-    )
-    want = reference_decode(tokens, unknown, fn, 6, None, schedule, temperature, 2.0, top_k, seeds)
-    assert torch.equal(got, want)
-
-
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "lab-cosine"])
-@pytest.mark.parametrize(("steps", "sweet_spot"), [(10, 4), (12, 1), (8, 8)])
-def test_reference_agrees_sweet_spot(schedule, steps, sweet_spot):
-    fn = RandomLinearLogits(seed=9)
-    tokens, unknown = _problem(seed=10)
-    seeds = [1, 2, 3]
+def assert_matches_reference(
+    tokens, unknown, fn, seeds, *, steps, schedule, temperature, choice_temperature, **extra
+) -> list:
+    """decode() == reference_decode() for these settings; returns decode's step records."""
+    sweet_spot, top_k = extra.get("sweet_spot"), extra.get("top_k")
     got, records = decode(
         tokens,
         unknown,
@@ -204,13 +160,82 @@ def test_reference_agrees_sweet_spot(schedule, steps, sweet_spot):
         steps=steps,
         sweet_spot=sweet_spot,
         schedule=schedule,
-        temperature=1.0,
-        choice_temperature=4.5,
+        temperature=temperature,
+        choice_temperature=choice_temperature,
+        top_k=top_k,
         generator=_gens(seeds),
         record_steps=True,
     )
-    want = reference_decode(tokens, unknown, fn, steps, sweet_spot, schedule, 1.0, 4.5, None, seeds)
+    want = reference_decode(
+        tokens,
+        unknown,
+        fn,
+        steps,
+        sweet_spot,
+        schedule,
+        temperature,
+        choice_temperature,
+        top_k,
+        seeds,
+    )
     assert torch.equal(got, want)
+    return records
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("steps", [1, 3, 8, 20])
+def test_reference_agrees_argmax(schedule, steps):
+    fn = RandomLinearLogits(seed=steps)
+    tokens, unknown = _problem(seed=steps)
+    seeds = [11, 12, 13]
+    assert_matches_reference(
+        tokens,
+        unknown,
+        fn,
+        seeds,
+        steps=steps,
+        schedule=schedule,
+        temperature=0.0,
+        choice_temperature=4.5,
+    )
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, None), (0.7, 5), (2.0, 1)])
+def test_reference_agrees_sampling(schedule, temperature, top_k):
+    fn = RandomLinearLogits(seed=3, scale=0.5)
+    tokens, unknown = _problem(seed=4, fractions=(1.0, 0.75, 0.1))
+    seeds = [5, 6, 7]
+    assert_matches_reference(
+        tokens,
+        unknown,
+        fn,
+        seeds,
+        steps=6,
+        schedule=schedule,
+        temperature=temperature,
+        choice_temperature=2.0,
+        top_k=top_k,
+    )
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "lab-cosine"])
+@pytest.mark.parametrize(("steps", "sweet_spot"), [(10, 4), (12, 1), (8, 8)])
+def test_reference_agrees_sweet_spot(schedule, steps, sweet_spot):
+    fn = RandomLinearLogits(seed=9)
+    tokens, unknown = _problem(seed=10)
+    seeds = [1, 2, 3]
+    records = assert_matches_reference(
+        tokens,
+        unknown,
+        fn,
+        seeds,
+        steps=steps,
+        schedule=schedule,
+        temperature=1.0,
+        choice_temperature=4.5,
+        sweet_spot=sweet_spot,
+    )
     assert len(records) == sweet_spot
 
 
@@ -219,19 +244,16 @@ def test_reference_agrees_no_choice_noise():
     fn = RandomLinearLogits(seed=21)
     tokens, unknown = _problem(seed=22)
     seeds = [0, 1, 2]
-    got, _ = decode(
+    assert_matches_reference(
         tokens,
         unknown,
         fn,
-        MASK,
+        seeds,
         steps=5,
         schedule="cosine",
         temperature=1.0,
         choice_temperature=0.0,
-        generator=_gens(seeds),
     )
-    want = reference_decode(tokens, unknown, fn, 5, None, "cosine", 1.0, 0.0, None, seeds)
-    assert torch.equal(got, want)
 
 
 def test_reference_agrees_with_transformer_logits(tiny_transformer):
@@ -242,19 +264,16 @@ def test_reference_agrees_with_transformer_logits(tiny_transformer):
         with torch.no_grad():
             return torch.cat([tiny_transformer(row[None]) for row in x])
 
-    got, _ = decode(
+    assert_matches_reference(
         tokens,
         unknown,
         fn,
-        MASK,
+        seeds,
         steps=7,
         schedule="cosine",
         temperature=1.0,
         choice_temperature=4.5,
-        generator=_gens(seeds),
     )
-    want = reference_decode(tokens, unknown, fn, 7, None, "cosine", 1.0, 4.5, None, seeds)
-    assert torch.equal(got, want)
 
 
 # --------------------------------------------------------------------------- the rules
