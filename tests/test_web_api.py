@@ -271,6 +271,19 @@ def test_missing_upload_is_400(base):
     assert status == 400 and "missing upload" in answer["error"]
 
 
+def test_prefill_is_a_decoding_setting(base):
+    results = {}
+    for prefill in ("telea", "white"):
+        status, answer = submit_inpaint(
+            base, png(make_image(16)), png(centre_mask()), steps="3", prefill=prefill
+        )
+        assert status == 200, answer
+        job = wait_job(base, answer["job_id"])
+        assert job["status"] == "done", job
+        results[prefill] = from_data_url(job["result"]["images"][0]["image"])
+    assert (results["telea"] != results["white"]).any()  # the setting reached the pipeline
+
+
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
@@ -281,6 +294,7 @@ def test_missing_upload_is_400(base):
         ({"temperature": "-1"}, "temperature"),
         ({"temperature": "nan"}, "finite"),
         ({"steps": "1000"}, "at most"),
+        ({"prefill": "blur"}, "prefill='blur': expected one of telea, white"),
     ],
 )
 def test_bad_decoding_params_are_400(base, fields, words):

@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maskgit.data import IMAGE_SUFFIXES, to_rgb
 from maskgit.decoding import check_decode_args
+from maskgit.pipeline import check_prefill
 
 WEB_DIR = Path(__file__).parent / "web"
 SAMPLES_DIR = Path(__file__).parent / "samples" / "images"
@@ -204,6 +205,7 @@ def decode_params(
     sweet_spot: str | None,
     temperature: str | None,
     seed: str | None,
+    prefill: str | None = None,
 ) -> dict[str, Any]:
     """Form fields -> inpaint keyword arguments; any problem -> ApiError 400 naming it."""
     params = {
@@ -212,9 +214,11 @@ def decode_params(
         "sweet_spot": _parse_int("sweet_spot", sweet_spot, None),
         "temperature": _parse_float("temperature", temperature, 1.0),
         "seed": _parse_int("seed", seed, 0),
+        "prefill": (prefill or "telea").strip(),
     }
     try:
         check_decode_args(params["steps"], params["sweet_spot"], params["schedule"])
+        check_prefill(params["prefill"])
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     if params["steps"] > MAX_STEPS:
@@ -583,12 +587,13 @@ def create_app(
         sweet_spot: FormStr = None,
         temperature: FormStr = None,
         seed: FormStr = None,
+        prefill: FormStr = None,
     ) -> dict[str, Any]:
         model = service.require_model()
         if image is None or mask is None:
             missing = " and ".join(n for n, f in (("image", image), ("mask", mask)) if f is None)
             raise ApiError(400, f"missing upload: {missing} (multipart form fields)")
-        params = decode_params(steps, schedule, sweet_spot, temperature, seed)
+        params = decode_params(steps, schedule, sweet_spot, temperature, seed, prefill)
         picture, notices = read_upload(_read_file(image, "image"), "image")
         painted, mask_notices = read_upload(_read_file(mask, "mask"), "mask")
         size = int(model.image_size)

@@ -303,6 +303,7 @@
     form.append("steps", $("steps").value);
     form.append("sweet_spot", $("sweet-spot").value);
     form.append("temperature", $("temperature").value);
+    form.append("prefill", $("prefill").value);
     form.append("seed", $("seed").value);
   }
 
