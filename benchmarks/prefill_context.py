@@ -22,6 +22,7 @@ from maskgit.evaluate import Scorer, load_test_set
 from maskgit.fid import InceptionFeatures
 from maskgit.fill import CLASSICAL_FILLS, classical_fill
 from maskgit.masking import pixel_to_token_mask
+from maskgit.options import DecodingOptions
 from maskgit.pipeline import MaskGIT, paste_known
 
 BATCH = 64
@@ -45,6 +46,9 @@ def main() -> None:
     with torch.no_grad():
         whole = model.tokenizer.encode(to_model_range(test.truth))
     print(f"N = {len(test.names)}; {args.schedule} {args.steps} steps, argmax, choice temp 1.0")
+    options = DecodingOptions(
+        steps=args.steps, schedule=args.schedule, temperature=0.0, choice_temperature=1.0
+    )
     print("| pre-fill | known tokens unlike the whole image's | FID | KID x1000 | seconds |")
     print("|---|---|---|---|---|")
     for name in args.fills:
@@ -58,13 +62,10 @@ def main() -> None:
             outputs = []
             for start in range(0, len(test.names), BATCH):
                 part = slice(start, start + BATCH)
-                decoded, _, _ = model.fill_tokens(
+                decoded, _, _ = model.decode_batch(
                     test.images[part],
                     test.masks[part],
-                    steps=args.steps,
-                    schedule=args.schedule,
-                    temperature=0.0,
-                    choice_temperature=1.0,
+                    options,
                     first_index=0,  # as evaluate.inpaint_set, so rows match `maskgit evaluate`
                     context=context[part],
                 )

@@ -10,12 +10,15 @@ import maskgit
 PACKAGE = Path(maskgit.__file__).parent
 
 LAYERS = {
-    # bottom: pure functions, nothing of the package
+    # below everything: the decoding options (no torch either)
+    "options": -1,
+    # bottom: pure functions, nothing of the package but the options
     "config": 0,
     "schedule": 0,
     "metrics": 0,
     "fileio": 0,
     "fill": 0,
+    "reader": 0,
     "tokenizer.losses": 0,
     # models, data and pictures
     "tokenizer.model": 1,
@@ -74,3 +77,18 @@ def test_modules_import_only_lower_layers():
         if LAYERS.get(target, 99) >= LAYERS[name]
     ]
     assert not wrong
+
+
+def test_options_import_neither_torch_nor_the_package():
+    tree = ast.parse((PACKAGE / "options.py").read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert not imported & {"torch", "numpy", "maskgit"}, imported

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from maskgit.decoding import (
     CONFIDENCE_OF_KNOWN_TOKENS,
-    check_decode_args,
     decode,
     tokens_to_keep_masked,
 )
+from maskgit.options import DecodingOptions
 from maskgit.schedule import gamma
 
 K = 16  # codebook size
@@ -513,15 +513,13 @@ def test_invalid_arguments(kwargs, match):
         decode(tokens, unknown, fn, MASK, **kwargs)
     assert fn.calls == 0
     with pytest.raises(ValueError, match=match):
-        check_decode_args(
-            kwargs["steps"], kwargs.get("sweet_spot"), kwargs.get("schedule", "cosine")
-        )
+        DecodingOptions(**kwargs)
 
 
-def test_check_decode_args_returns_steps_to_run():
-    assert check_decode_args(12, None, "cosine") == 12
-    assert check_decode_args(12, 5, "linear") == 5
-    assert check_decode_args(1, 1, "exp") == 1
+def test_options_say_how_many_steps_run():
+    assert DecodingOptions(steps=12, schedule="cosine").steps_to_run == 12
+    assert DecodingOptions(steps=12, sweet_spot=5, schedule="linear").steps_to_run == 5
+    assert DecodingOptions(steps=1, sweet_spot=1, schedule="exp").steps_to_run == 1
 
 
 def test_tokens_to_keep_masked():

@@ -8,6 +8,7 @@ import torch
 from maskgit.config import get_preset
 from maskgit.data import to_model_range
 from maskgit.fill import CLASSICAL_FILLS, classical_fill
+from maskgit.options import DecodingOptions
 from maskgit.pipeline import MaskGIT
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
@@ -67,9 +68,8 @@ def model() -> MaskGIT:
 def test_known_tokens_are_encoded_from_the_prefilled_image(model, prefill):
     images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     masks = hole()
-    _, token_masks, records = model.fill_tokens(
-        images, masks, steps=2, prefill=prefill, return_steps=True
-    )
+    options = DecodingOptions(steps=2, prefill=prefill)
+    _, token_masks, records = model.decode_batch(images, masks, options, return_steps=True)
     expected = model.tokenizer.encode(to_model_range(classical_fill(prefill, images, masks)))
     known = ~token_masks.flatten(1)
     given = records[0].tokens  # (B, N): the known tokens stay as given at every step
@@ -79,8 +79,8 @@ def test_known_tokens_are_encoded_from_the_prefilled_image(model, prefill):
 def test_a_given_context_is_encoded_instead_of_the_prefill(model):
     images = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     truth = torch.randint(0, 255, (2, 3, SIZE, SIZE), dtype=torch.uint8)
-    _, token_masks, records = model.fill_tokens(
-        images, hole(), steps=2, context=truth, return_steps=True
+    _, token_masks, records = model.decode_batch(
+        images, hole(), DecodingOptions(steps=2), context=truth, return_steps=True
     )
     known = ~token_masks.flatten(1)
     expected = model.tokenizer.encode(to_model_range(truth)).flatten(1)

@@ -22,8 +22,9 @@ import maskgit
 from maskgit.checkpoint import CheckpointError, load_model, load_state, save_model, save_state
 from maskgit.cli import main
 from maskgit.config import get_preset
-from maskgit.data import MAX_IMAGE_PIXELS, DataError, load_image, save_tokens
+from maskgit.data import DataError, load_image, save_tokens
 from maskgit.fileio import atomic_write
+from maskgit.reader import MAX_IMAGE_PIXELS
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 

@@ -1,10 +1,10 @@
-"""Training masks, the masked-token loss, and pixel masks -> token masks."""
+"""Training masks, the masked-token loss, and pixel masks -> token masks (mask files and
+arrays: tests/test_reader.py)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,6 @@ import maskgit.masking as masking
 from maskgit.masking import (
     apply_token_mask,
     masked_token_loss,
-    pixel_mask_from_array,
     pixel_to_token_mask,
     random_token_mask,
     region_token_mask,
@@ -242,46 +241,3 @@ def test_pixel_to_token_mask_shapes_non_square():
 def test_pixel_to_token_mask_non_divisible_raises(shape):
     with pytest.raises(ValueError, match="divisible"):
         pixel_to_token_mask(torch.zeros(shape, dtype=torch.bool), 4)
-
-
-def test_pixel_mask_from_array_uint8_conventions():
-    array = np.array([[0, 255], [127, 128]], dtype=np.uint8)
-    repaint = pixel_mask_from_array(array)  # default: white = repaint
-    assert repaint.dtype == torch.bool and repaint.shape == (2, 2)
-    assert repaint.tolist() == [[False, True], [False, True]]
-    assert pixel_mask_from_array(array, "white-repaint").tolist() == repaint.tolist()
-    keep = pixel_mask_from_array(array, "white-keep")
-    assert keep.tolist() == [[True, False], [True, False]]
-
-
-def test_pixel_mask_from_array_float_threshold():
-    array = np.array([[0.0, 1.0, 0.49, 0.51]], dtype=np.float32)
-    assert pixel_mask_from_array(array).tolist() == [[False, True, False, True]]
-    assert pixel_mask_from_array(array, "white-keep").tolist() == [[True, False, True, False]]
-    # float64 too, and a float mask stored in 0..255 is scaled.
-    assert pixel_mask_from_array(array.astype(np.float64)).tolist() == [[False, True, False, True]]
-    scaled = np.array([[0.0, 255.0, 100.0, 200.0]])
-    assert pixel_mask_from_array(scaled).tolist() == [[False, True, False, True]]
-
-
-def test_pixel_mask_from_array_bool_and_all_black():
-    array = np.array([[True, False]])
-    assert pixel_mask_from_array(array).tolist() == [[True, False]]
-    assert not pixel_mask_from_array(np.zeros((3, 3), dtype=np.uint8)).any()
-    assert pixel_mask_from_array(np.zeros((3, 3), dtype=np.uint8), "white-keep").all()
-
-
-def test_pixel_mask_from_array_rgb_and_rgba_use_channel_mean():
-    rgb = np.zeros((2, 2, 3), dtype=np.uint8)
-    rgb[0, 0] = 255  # white
-    rgb[0, 1] = (255, 0, 0)  # mean 85: not white
-    rgb[1, 0] = (255, 255, 0)  # mean 170: white
-    mask = pixel_mask_from_array(rgb)
-    assert mask.shape == (2, 2)
-    assert mask.tolist() == [[True, False], [True, False]]
-    assert pixel_mask_from_array(rgb, "white-keep").tolist() == [[False, True], [False, True]]
-
-
-def test_pixel_mask_from_array_unknown_convention():
-    with pytest.raises(ValueError, match="white-repaint"):
-        pixel_mask_from_array(np.zeros((2, 2)), "black-repaint")

@@ -5,15 +5,25 @@
 
     GET  /api/health         model status (loading / ready / error), image size, queue length
     GET  /api/samples        bundled sample images [{name, url}]
-    POST /api/inpaint        multipart: image, mask (white = repaint) + decoding params -> job
-    POST /api/generate       form: n + decoding params -> job
+    GET  /api/defaults       the decoding options the page starts from (DEFAULT_DECODING)
+    POST /api/inpaint        multipart: image, mask (white = repaint; transparent = keep)
+                             + decoding options -> job
+    POST /api/outpaint       multipart: image, pad (pixels, default a quarter of the side)
+                             + decoding options -> job
+    POST /api/generate       form: n + decoding options -> job
     GET  /api/jobs/{id}      status (queued / running / done / error), queue position,
                              progress, and when done the images as base64 PNG data URLs
 
-The model loads in a background thread, so the server answers at once (HTTP 503 with
-"model is loading, try again in a moment" until it is ready). Jobs go through one queue and
-one worker thread that runs them one at a time. Errors are JSON `{"error": message}` with a
-4xx status; the server keeps running after every error.
+The decoding options are the fields of `maskgit.options.DecodingOptions`, sent as form
+fields of the same names (empty = the default). Uploads are read by `maskgit.reader`, like
+files of the CLI. The model loads in a background thread, so the server answers at once
+(HTTP 503 with "model is loading, try again in a moment" until it is ready). Jobs go through
+one queue (`JobQueue`) and one worker thread that runs them one at a time; progress comes
+from the decoder's step callback. Errors are JSON `{"error": message}` with a 4xx status; the
+server keeps running after every error.
+
+Layout: uploads and form fields, the job queue, result rendering, then the routes;
+`create_app` only wires them together.
 """
 
 from __future__ import annotations
@@ -34,15 +44,17 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 
-from maskgit.data import IMAGE_SUFFIXES, to_rgb
-from maskgit.decoding import check_decode_args
-from maskgit.pipeline import check_prefill
+from maskgit.data import IMAGE_SUFFIXES
+from maskgit.decoding import DecodeStep
+from maskgit.options import DEFAULT_DECODING, DecodingOptions
+from maskgit.pipeline import outpaint_box, outpaint_canvas
+from maskgit.reader import image_tensor, mask_tensor, upright
 
 WEB_DIR = Path(__file__).parent / "web"
 SAMPLES_DIR = Path(__file__).parent / "samples" / "images"
@@ -56,6 +68,8 @@ MAX_STEPS = 64
 MAX_GENERATE = 16
 MAX_QUEUED = 32
 KEEP_FINISHED_JOBS = 64
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: width and height swap
 LOADING_MESSAGE = "model is loading, try again in a moment"
 EMPTY_MASK_MESSAGE = "the mask is empty: paint the area to repaint"
 
@@ -129,12 +143,16 @@ def read_upload(data: bytes, what: str) -> tuple[Image.Image, list[str]]:
                 f"{MAX_DECODE_PIXELS / 1e6:.0f} MP limit",
             )
         scale = min(1.0, MAX_SIDE / max(width, height), math.sqrt(MAX_PIXELS / (width * height)))
+        if scale < 1.0:  # JPEG: decode at a reduced scale already
+            image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+        if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSING_ORIENTATIONS:
+            width, height = height, width  # as displayed
+        image = upright(image)  # the EXIF orientation applied, as the browser shows it
         if scale < 1.0:
             target = (
                 min(MAX_SIDE, max(1, round(width * scale))),
                 min(MAX_SIDE, max(1, round(height * scale))),
             )
-            image.draft("RGB", target)  # JPEG: decode at a reduced scale already
             image = image.resize(target, Image.BICUBIC, reducing_gap=3.0)
             notices.append(
                 f"the {what} was {width}x{height}; downscaled to {image.width}x{image.height} "
@@ -150,32 +168,7 @@ def read_upload(data: bytes, what: str) -> tuple[Image.Image, list[str]]:
     return image, notices
 
 
-def model_size_image(image: Image.Image, size: int) -> np.ndarray:
-    """RGB uint8 (size, size, 3): transparency on white, bicubic resize (the pipeline's rule)."""
-    array = np.asarray(to_rgb(image), dtype=np.uint8)
-    if array.shape[:2] != (size, size):
-        array = np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC))
-    return np.ascontiguousarray(array)
-
-
-def model_size_mask(image: Image.Image, size: int) -> np.ndarray:
-    """bool (size, size), True = repaint: bright (>= 128) opaque pixels of the mask image.
-
-    Transparent pixels count as black. A mask of another size is thresholded at its own
-    resolution first; a model pixel is repainted when any of its area was painted.
-    """
-    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, rgba)
-    binary = np.asarray(image.convert("L")) >= 128
-    if binary.shape != (size, size):
-        reduced = bool_png(binary).resize((size, size), Image.BOX)
-        binary = np.asarray(reduced) > 0
-    return binary
-
-
-# --------------------------------------------------------------------------- params
+# --------------------------------------------------------------------------- form fields
 
 
 def _parse_int(name: str, value: str | None, default: int | None) -> int | None:
@@ -187,47 +180,25 @@ def _parse_int(name: str, value: str | None, default: int | None) -> int | None:
         raise ApiError(400, f"{name}={value!r}: expected a whole number") from None
 
 
-def _parse_float(name: str, value: str | None, default: float) -> float:
-    if value is None or str(value).strip() == "":
-        return default
+def form_options(fields: dict[str, str]) -> DecodingOptions:
+    """Form fields named like DecodingOptions' -> options over DEFAULT_DECODING (400 naming
+    a bad one)."""
     try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise ApiError(400, f"{name}={value!r}: expected a number") from None
-    if not math.isfinite(number):
-        raise ApiError(400, f"{name}={value!r}: expected a finite number")
-    return number
-
-
-def decode_params(
-    steps: str | None,
-    schedule: str | None,
-    sweet_spot: str | None,
-    temperature: str | None,
-    seed: str | None,
-    prefill: str | None = None,
-) -> dict[str, Any]:
-    """Form fields -> inpaint keyword arguments; any problem -> ApiError 400 naming it."""
-    params = {
-        "steps": _parse_int("steps", steps, 12),
-        "schedule": (schedule or "cosine").strip(),
-        "sweet_spot": _parse_int("sweet_spot", sweet_spot, None),
-        "temperature": _parse_float("temperature", temperature, 1.0),
-        "seed": _parse_int("seed", seed, 0),
-        "prefill": (prefill or "telea").strip(),
-    }
-    try:
-        check_decode_args(params["steps"], params["sweet_spot"], params["schedule"])
-        check_prefill(params["prefill"])
+        options = DEFAULT_DECODING.with_text(fields)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
-    if params["steps"] > MAX_STEPS:
-        raise ApiError(400, f"steps={params['steps']}: at most {MAX_STEPS} in the demo")
-    if params["temperature"] < 0:
-        raise ApiError(400, f"temperature={params['temperature']}: expected >= 0")
-    if not 0 <= params["seed"] < 2**62:
-        raise ApiError(400, f"seed={params['seed']}: expected 0 <= seed < 2^62")
-    return params
+    if options.steps > MAX_STEPS:
+        raise ApiError(400, f"steps={options.steps}: at most {MAX_STEPS} in the demo")
+    return options
+
+
+async def text_fields(request: Request) -> dict[str, str]:
+    """The text fields of a form request (FastAPI has parsed and cached the form already)."""
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+FormFields = Annotated[dict[str, str], Depends(text_fields)]
 
 
 # --------------------------------------------------------------------------- jobs
@@ -236,10 +207,10 @@ def decode_params(
 @dataclass
 class Job:
     id: str
-    kind: str  # inpaint | generate
+    kind: str  # inpaint | outpaint | generate
     seq: int
-    params: dict[str, Any]
-    inputs: dict[str, Any]  # what the worker needs (arrays), not sent back
+    options: DecodingOptions
+    inputs: dict[str, Any]  # what the worker needs (tensors, n), not sent back
     notices: list[str] = field(default_factory=list)
     status: str = "queued"  # queued | running | done | error
     phase: str = "waiting in the queue"
@@ -250,9 +221,20 @@ class Job:
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # shown in params (n, pad)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.options.as_dict(), **self.extra}
+
+    def on_step(self, step: DecodeStep) -> None:
+        """The decoder's step callback: progress for the page."""
+        self.done_steps = min(step.step + 1, self.total_steps)
+        if self.done_steps < self.total_steps:
+            self.phase = f"decoding step {self.done_steps + 1} of {self.total_steps}"
 
 
-class Service:
+class JobQueue:
     """Model holder, loader thread, job table and the single worker thread."""
 
     def __init__(self, loader: Callable[[], Any]):
@@ -312,12 +294,20 @@ class Service:
 
     # ---- jobs
 
-    def submit(self, kind: str, params: dict, inputs: dict, notices: list[str]) -> Job:
+    def submit(
+        self,
+        kind: str,
+        options: DecodingOptions,
+        inputs: dict,
+        notices: list[str],
+        extra: dict | None = None,
+    ) -> Job:
         with self.lock:
             waiting = self._waiting()
             if waiting >= MAX_QUEUED:
                 raise ApiError(429, f"the queue is full ({waiting} jobs waiting): try again later")
-            job = Job(uuid.uuid4().hex, kind, next(self._seq), params, inputs, notices)
+            job = Job(uuid.uuid4().hex, kind, next(self._seq), options, inputs, notices)
+            job.extra = extra or {}
             self.jobs[job.id] = job
             self._prune()
         self.queue.put(job)
@@ -371,7 +361,7 @@ class Service:
                 return
             job.status, job.phase, job.started = "running", "encoding", time.time()
             try:
-                job.result = self._run(job)
+                job.result = run_job(self.model, job)
                 job.status, job.phase = "done", "done"
             except Exception as exc:  # the worker survives every job
                 job.error = f"{type(exc).__name__}: {exc}"
@@ -380,87 +370,70 @@ class Service:
                 job.finished = time.time()
                 job.inputs = {}
 
-    def _run(self, job: Job) -> dict[str, Any]:
-        model = self.model
-        params = job.params
-        job.total_steps = params["sweet_spot"] or params["steps"]
-        kwargs = dict(params, return_steps=True)
-        with _count_steps(model, job):
-            if job.kind == "inpaint":
-                image, mask = job.inputs["image"], job.inputs["mask"]
-                out = model.inpaint(image, torch.from_numpy(mask), **kwargs)
-            else:
-                kwargs.pop("n")
-                out = model.generate(params["n"], **kwargs)
-        job.phase = "rendering steps"
-        images = []
-        for i, picture in enumerate(out.images):
-            start = np.asarray(out.token_masks[i], dtype=bool)
-            steps, before = [], start
-            for frame in out.steps[i] if out.steps else []:
-                now = np.asarray(frame.token_mask, dtype=bool)
-                steps.append(
-                    {
-                        "step": frame.step + 1,
-                        "image": png_data_url(frame.image),
-                        "token_mask": png_data_url(bool_png(now)),
-                        "token_map": png_data_url(token_map(start, before, now)),
-                        "unknown": int(now.sum()),
-                        "decoded": int((before & ~now).sum()),
-                    }
-                )
-                before = now
-            images.append(
-                {
-                    "image": png_data_url(picture),
-                    "token_mask": png_data_url(bool_png(start)),
-                    "token_map": png_data_url(token_map(start, start, start)),
-                    "steps": steps,
-                }
-            )
-        result: dict[str, Any] = {
-            "image_size": int(model.image_size),
-            "token_grid": int(model.image_size // model.downsample),
-            "images": images,
-        }
-        if job.kind == "inpaint":
-            result["input"] = png_data_url(Image.fromarray(job.inputs["image"]))
-            result["mask"] = png_data_url(bool_png(job.inputs["mask"]))
-        return result
+
+def run_job(model: Any, job: Job) -> dict[str, Any]:
+    """Decode a job (progress through `job.on_step`) and render its result."""
+    job.total_steps = job.options.steps_to_run
+    job.phase = f"decoding step 1 of {job.total_steps}"
+    if job.kind == "generate":
+        out = model.generate(job.inputs["n"], job.options, return_steps=True, on_step=job.on_step)
+    else:  # inpaint and outpaint: an image (3, S, S) and its mask (S, S)
+        image, mask = job.inputs["image"], job.inputs["mask"]
+        out = model.inpaint(image, mask, job.options, return_steps=True, on_step=job.on_step)
+    job.done_steps = job.total_steps
+    job.phase = "rendering steps"
+    result = render_result(model, out)
+    if job.kind != "generate":
+        result["input"] = png_data_url(
+            Image.fromarray(job.inputs["image"].permute(1, 2, 0).numpy())
+        )
+        result["mask"] = png_data_url(bool_png(job.inputs["mask"].numpy()))
+    return result
 
 
-class _count_steps:
-    """Count decoding steps for progress by wrapping the model's per-step logits call.
-
-    `MaskGIT.fill_tokens` calls `self._logits` once per decoding step; an instance attribute
-    shadows the method for the duration of one job (only the worker thread uses the model).
-    Without that hook progress stays coarse (0 until done).
-    """
-
-    def __init__(self, model: Any, job: Job):
-        self.model, self.job = model, job
-        self.hooked = callable(getattr(type(model), "_logits", None))
-
-    def __enter__(self) -> None:
-        if not self.hooked:
-            return
-        inner, job = self.model._logits, self.job
-
-        def counting(tokens: torch.Tensor) -> torch.Tensor:
-            job.phase = f"decoding step {job.done_steps + 1} of {job.total_steps}"
-            logits = inner(tokens)
-            job.done_steps = min(job.done_steps + 1, job.total_steps)
-            return logits
-
-        self.model._logits = counting
-
-    def __exit__(self, *exc: object) -> None:
-        if self.hooked:
-            self.model.__dict__.pop("_logits", None)
-        self.job.done_steps = self.job.total_steps if exc[0] is None else self.job.done_steps
+# --------------------------------------------------------------------------- rendering
 
 
-# --------------------------------------------------------------------------- app
+def render_steps(start: np.ndarray, frames: list) -> list[dict[str, Any]]:
+    """One entry per decoding step: prediction, token mask and map, counts."""
+    steps, before = [], start
+    for frame in frames:
+        now = np.asarray(frame.token_mask, dtype=bool)
+        steps.append(
+            {
+                "step": frame.step + 1,
+                "image": png_data_url(frame.image),
+                "token_mask": png_data_url(bool_png(now)),
+                "token_map": png_data_url(token_map(start, before, now)),
+                "unknown": int(now.sum()),
+                "decoded": int((before & ~now).sum()),
+            }
+        )
+        before = now
+    return steps
+
+
+def render_result(model: Any, out: Any) -> dict[str, Any]:
+    """An InpaintResult with its steps -> the JSON the page shows."""
+    images = []
+    for i, picture in enumerate(out.images):
+        start = np.asarray(out.token_masks[i], dtype=bool)
+        images.append(
+            {
+                "image": png_data_url(picture),
+                "token_mask": png_data_url(bool_png(start)),
+                "token_map": png_data_url(token_map(start, start, start)),
+                "steps": render_steps(start, out.steps[i] if out.steps else []),
+            }
+        )
+    return {
+        "image_size": int(model.image_size),
+        "token_grid": int(model.image_size // model.downsample),
+        "images": images,
+    }
+
+
+# --------------------------------------------------------------------------- routes
 
 
 def list_samples(folder: Path) -> list[dict[str, str]]:
@@ -482,34 +455,27 @@ def _read_file(upload: UploadFile, what: str) -> bytes:
     return data
 
 
-def create_app(
-    model_path: str | Path | None = None,
-    device: str | torch.device | None = None,
-    *,
-    loader: Callable[[], Any] | None = None,
-    samples_dir: str | Path | None = None,
-) -> FastAPI:
-    """The demo app. The model (`MaskGIT.from_pretrained(model_path, device)`, or `loader()`
-    when given, e.g. a slow stand-in in tests) loads in a background thread at startup."""
-    if loader is None:
+def _model_image(model: Any, upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
+    """An uploaded image at the model's size (uint8 (3, S, S)) and notices."""
+    picture, notices = read_upload(_read_file(upload, "image"), "image")
+    size = int(model.image_size)
+    if picture.size != (size, size):
+        notices.append(
+            f"the image ({picture.width}x{picture.height}) was resized to the model's {size}x{size}"
+        )
+    try:
+        return image_tensor(picture, size), notices
+    except ValueError as exc:
+        raise ApiError(400, f"image: {exc}") from None
 
-        def loader() -> Any:
-            from maskgit.pipeline import MaskGIT
 
-            return MaskGIT.from_pretrained(model_path, device=device)
+def _missing(**uploads: UploadFile | None) -> None:
+    missing = " and ".join(name for name, upload in uploads.items() if upload is None)
+    if missing:
+        raise ApiError(400, f"missing upload: {missing} (multipart form fields)")
 
-    service = Service(loader)
-    samples = Path(samples_dir) if samples_dir is not None else SAMPLES_DIR
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        service.start()
-        yield
-        service.stop()
-
-    app = FastAPI(title="MaskGIT demo", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.service = service
-
+def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -528,6 +494,10 @@ def create_app(
             {"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500
         )
 
+
+def add_guard(app: FastAPI, jobs: JobQueue) -> None:
+    """Refuse oversized requests early; security headers on every response."""
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         length = request.headers.get("content-length")
@@ -539,11 +509,15 @@ def create_app(
                 },
                 status_code=413,
             )
-        service.start()  # in case the server runs without lifespan events
+        jobs.start()  # in case the server runs without lifespan events
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+def add_page_routes(app: FastAPI, jobs: JobQueue, samples: Path) -> None:
+    """The page, its static files, samples, health and defaults."""
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -553,20 +527,25 @@ def create_app(
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
-        model = service.model
+        model = jobs.model
         info: dict[str, Any] = {
-            "status": service.state,
+            "status": jobs.state,
             "loaded": model is not None,
-            "error": service.load_error,
-            "queued": service.waiting(),
+            "error": jobs.load_error,
+            "queued": jobs.waiting(),
+            "decoding": DEFAULT_DECODING.as_dict(),
         }
-        if service.state == "loading":
+        if jobs.state == "loading":
             info["message"] = LOADING_MESSAGE
         if model is not None:
             info["image_size"] = int(model.image_size)
             info["token_grid"] = int(model.image_size // model.downsample)
             info["device"] = str(getattr(model, "device", "cpu"))
         return info
+
+    @app.get("/api/defaults")
+    def defaults() -> dict[str, Any]:
+        return DEFAULT_DECODING.as_dict()
 
     @app.get("/api/samples")
     def get_samples() -> list[dict[str, str]]:
@@ -578,62 +557,99 @@ def create_app(
             raise ApiError(404, f"no sample named {name!r}")
         return FileResponse(samples / name)
 
+
+def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
+    """POST a job (inpaint, outpaint, generate); GET its state."""
+
+    def queued(job: Job) -> dict[str, Any]:
+        return {"job_id": job.id, "position": jobs.ahead_of(job), "notices": job.notices}
+
     @app.post("/api/inpaint")
     def inpaint(
+        fields: FormFields,
         image: Annotated[UploadFile | None, File()] = None,
         mask: Annotated[UploadFile | None, File()] = None,
-        steps: FormStr = None,
-        schedule: FormStr = None,
-        sweet_spot: FormStr = None,
-        temperature: FormStr = None,
-        seed: FormStr = None,
-        prefill: FormStr = None,
     ) -> dict[str, Any]:
-        model = service.require_model()
-        if image is None or mask is None:
-            missing = " and ".join(n for n, f in (("image", image), ("mask", mask)) if f is None)
-            raise ApiError(400, f"missing upload: {missing} (multipart form fields)")
-        params = decode_params(steps, schedule, sweet_spot, temperature, seed, prefill)
-        picture, notices = read_upload(_read_file(image, "image"), "image")
+        model = jobs.require_model()
+        _missing(image=image, mask=mask)
+        options = form_options(fields)
+        pixels, notices = _model_image(model, image)
         painted, mask_notices = read_upload(_read_file(mask, "mask"), "mask")
-        size = int(model.image_size)
-        pixels = model_size_image(picture, size)
-        repaint = model_size_mask(painted, size)
+        try:  # white = repaint, transparent = keep (the reader's rule)
+            repaint = mask_tensor(painted, int(model.image_size), "white-repaint")
+        except ValueError as exc:
+            raise ApiError(400, f"mask: {exc}") from None
         if not repaint.any():
             raise ApiError(400, EMPTY_MASK_MESSAGE)
-        if picture.size != (size, size):
-            notices.append(
-                f"the image ({picture.width}x{picture.height}) was resized to the model's "
-                f"{size}x{size}"
-            )
-        job = service.submit(
-            "inpaint", params, {"image": pixels, "mask": repaint}, notices + mask_notices
-        )
-        return {"job_id": job.id, "position": service.ahead_of(job), "notices": job.notices}
+        inputs = {"image": pixels, "mask": repaint}
+        return queued(jobs.submit("inpaint", options, inputs, notices + mask_notices))
+
+    @app.post("/api/outpaint")
+    def outpaint(
+        fields: FormFields,
+        image: Annotated[UploadFile | None, File()] = None,
+        pad: FormStr = None,
+    ) -> dict[str, Any]:
+        model = jobs.require_model()
+        _missing(image=image)
+        options = form_options(fields)
+        size = int(model.image_size)
+        margin = _parse_int("pad", pad, size // 4)
+        try:
+            box = outpaint_box(size, pad=margin)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        pixels, notices = _model_image(model, image)
+        canvas, mask = outpaint_canvas(pixels, box)
+        inputs = {"image": canvas, "mask": mask}
+        job = jobs.submit("outpaint", options, inputs, notices, extra={"pad": margin})
+        return queued(job)
 
     @app.post("/api/generate")
-    def generate(
-        n: FormStr = None,
-        steps: FormStr = None,
-        schedule: FormStr = None,
-        sweet_spot: FormStr = None,
-        temperature: FormStr = None,
-        seed: FormStr = None,
-    ) -> dict[str, Any]:
-        service.require_model()
-        params = decode_params(steps, schedule, sweet_spot, temperature, seed)
+    def generate(fields: FormFields, n: FormStr = None) -> dict[str, Any]:
+        jobs.require_model()
+        options = form_options(fields)
         count = _parse_int("n", n, 4)
         if not 1 <= count <= MAX_GENERATE:
             raise ApiError(400, f"n={count}: expected 1 to {MAX_GENERATE} images")
-        params["n"] = count
-        job = service.submit("generate", params, {}, [])
-        return {"job_id": job.id, "position": service.ahead_of(job), "notices": []}
+        return queued(jobs.submit("generate", options, {"n": count}, [], extra={"n": count}))
 
     @app.get("/api/jobs/{job_id}")
     def get_job(job_id: str) -> dict[str, Any]:
-        job = service.jobs.get(job_id)
+        job = jobs.jobs.get(job_id)
         if job is None:
             raise ApiError(404, f"no job {job_id!r} (unknown, or finished long ago)")
-        return service.describe(job)
+        return jobs.describe(job)
 
+
+def create_app(
+    model_path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    *,
+    loader: Callable[[], Any] | None = None,
+    samples_dir: str | Path | None = None,
+) -> FastAPI:
+    """The demo app. The model (`MaskGIT.from_pretrained(model_path, device)`, or `loader()`
+    when given, e.g. a slow stand-in in tests) loads in a background thread at startup."""
+    if loader is None:
+
+        def loader() -> Any:
+            from maskgit.pipeline import MaskGIT
+
+            return MaskGIT.from_pretrained(model_path, device=device)
+
+    jobs = JobQueue(loader)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        jobs.start()
+        yield
+        jobs.stop()
+
+    app = FastAPI(title="MaskGIT demo", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.jobs = jobs
+    add_error_handlers(app)
+    add_guard(app, jobs)
+    add_page_routes(app, jobs, Path(samples_dir) if samples_dir is not None else SAMPLES_DIR)
+    add_job_routes(app, jobs)
     return app

@@ -3,6 +3,11 @@
 Every bad input ends in one line `maskgit: error: ...` naming the file or option, exit code 2
 for usage errors (bad options, missing or unreadable inputs) and 1 for runtime failures;
 `--debug` shows the traceback instead.
+
+Every command is one entry of COMMANDS: a name, a help line, a function adding its arguments
+and the function running it. The decoding flags (`--steps`, `--schedule`, ...) come from the
+fields of `maskgit.options.DecodingOptions`, with DEFAULT_DECODING as their defaults; they are
+checked by building the options object, before any model is loaded or any file written.
 """
 
 from __future__ import annotations
@@ -11,19 +16,46 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from maskgit.options import DEFAULT_DECODING, DecodingOptions, option_help, option_names
 
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
 
 
-# maskgit.pipeline.PREFILLS, repeated so that `--help` does not import torch (a test checks)
-PREFILL_CHOICES = ("telea", "white")
+# --------------------------------------------------------------------------- shared arguments
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_decoding_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """`--<option>` for every field of DecodingOptions (text, parsed when the options are
+    built so that errors name the option); defaults from DEFAULT_DECODING."""
+    for name in option_names():
+        if name in skip:
+            continue
+        default = getattr(DEFAULT_DECODING, name)
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{option_help(name)} (default {'none' if default is None else default})",
+        )
+
+
+def decoding_options(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> DecodingOptions:
+    """The options given on the command line over DEFAULT_DECODING (validated)."""
+    given = {name: getattr(args, name, None) for name in option_names() if name not in skip}
+    return DEFAULT_DECODING.with_text(given)
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+        "--model",
+        default=None,
+        help="model folder with tokenizer.safetensors and transformer.safetensors "
+        "(default: the embedded emoji-demo model)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
@@ -49,7 +81,42 @@ def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
         help="also save `latest` every N optimiser steps (default: each epoch)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_common(p)
+
+
+def _add_file_run(p: argparse.ArgumentParser) -> None:
+    """Decoding and output options of the file-writing commands (inpaint, outpaint, generate)."""
+    _add_model(p)
+    add_decoding_options(p)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument(
+        "--save-steps",
+        action="store_true",
+        help="also write per-step token masks, decoded images, a comparison and a GIF "
+        "into OUT/steps/",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    """The options of a file-writing run (inpaint, outpaint, generate) besides decoding."""
+    return {
+        "save_steps": args.save_steps,
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+    }
+
+
+def _report(what: str, paths: list, out: str, save_steps: bool, started: float) -> None:
+    from pathlib import Path
+
+    from maskgit.inpaint_files import STEPS_FOLDER
+
+    print(f"wrote {len(paths)} {what} to {out} in {time.perf_counter() - started:.1f} s")
+    if save_steps:
+        print(
+            f"wrote step visuals to {Path(out) / STEPS_FOLDER} "
+            "(<name>_tokens.png, <name>_steps.png, <name>_compare.png, <name>.gif per image)"
+        )
 
 
 # --------------------------------------------------------------------------- commands
@@ -98,15 +165,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_split(data: str, size: int, val: str | None):
-    """Images and names of --data (and --val, whose names get a 'val' hash bucket)."""
-    from maskgit.data import load_folder
-
-    images, names = load_folder(data, size)
-    if val is None:
-        return images, names, None
-    val_images, val_names = load_folder(val, size)
-    return images, names, (val_images, val_names)
+def _training_run(args: argparse.Namespace) -> dict:
+    return {
+        "resume": args.resume,
+        "device": args.device,
+        "progress": not args.no_progress,
+        "checkpoint_steps": args.checkpoint_steps,
+    }
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
@@ -119,16 +184,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
         args.data, preset.tokenizer.image_size, progress=not args.no_progress
     )
     print(f"training tokenizer on {len(images)} images from {args.data} -> {args.out}")
-    metrics = train_tokenizer(
-        preset,
-        images,
-        names,
-        args.out,
-        args.resume,
-        args.device,
-        not args.no_progress,
-        args.checkpoint_steps,
-    )
+    metrics = train_tokenizer(preset, images, names, args.out, **_training_run(args))
     print(f"done: {args.out}/tokenizer.safetensors; validation {metrics}")
     return 0
 
@@ -148,19 +204,25 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from maskgit.config import load_config
+    from maskgit.pretokenize import tokens_for_training
+    from maskgit.train import train_transformer
+
+    preset = load_config(args.config, args.overrides)
+    tokens, names = tokens_for_training(
+        preset, args.tokens, args.data, args.tokenizer, args.out, args.device
+    )
+    print(f"training transformer on {len(tokens)} token grids -> {args.out}")
+    metrics = train_transformer(preset, tokens, names, args.out, **_training_run(args))
+    print(f"done: {args.out}/transformer.safetensors; validation {metrics}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskgit.demo import main as demo_main
 
-    return demo_main(
-        args.out,
-        args.model,
-        args.steps,
-        args.schedule,
-        args.seed,
-        args.device,
-        args.temperature,
-        args.choice_temperature,
-    )
+    return demo_main(args.out, args.model, decoding_options(args), args.device)
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -184,24 +246,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decode_options(args: argparse.Namespace) -> dict:
-    return {
-        "temperature": args.temperature,
-        "choice_temperature": args.choice_temperature,
-        "prefill": args.prefill,
-    }
-
-
-def _add_prefill(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--prefill",
-        default="telea",
-        choices=PREFILL_CHOICES,
-        help="what the tokenizer sees in the hole before encoding: a Telea fill (default; "
-        "keeps the tokens around the hole close to those of a whole image) or plain white",
-    )
-
-
 def _model_and_test_set(args: argparse.Namespace):
     """The model (--model, default: the embedded one) and the test set its size needs."""
     from maskgit.evaluate import REFERENCES, load_test_set
@@ -220,18 +264,15 @@ def _model_and_test_set(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from maskgit.evaluate import evaluate, markdown_table
 
+    options = decoding_options(args)
     model, test = _model_and_test_set(args)
     rows = evaluate(
         model,
         test,
         args.out,
-        tuple(args.baselines),
-        args.inception,
-        steps=args.steps,
-        schedule=args.schedule,
-        sweet_spot=args.sweet_spot,
-        seed=args.seed,
-        **_decode_options(args),
+        options,
+        baselines=tuple(args.baselines),
+        inception_weights=args.inception,
     )
     print(markdown_table(rows), end="")
     print(f"wrote {args.out}/results.json, results.csv and the images (N = {len(test.names)})")
@@ -241,18 +282,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from maskgit.evaluate import markdown_table, sweep
 
+    options = decoding_options(args, skip=SWEPT)
     model, test = _model_and_test_set(args)
     rows = sweep(
         model,
         test,
         args.out,
-        args.schedules,
-        args.steps,
-        [None] + args.sweet_spots,
-        args.seeds,
-        tuple(args.baselines),
-        args.inception,
-        **_decode_options(args),
+        options,
+        schedules=args.schedules,
+        steps=args.steps,
+        sweet_spots=[None, *args.sweet_spots],
+        seeds=args.seeds,
+        baselines=tuple(args.baselines),
+        inception_weights=args.inception,
     )
     print(markdown_table(rows), end="")
     print(
@@ -262,380 +304,61 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model folder (default: the embedded default)")
-    p.add_argument("--images", required=True, help="folder of images to inpaint")
-    p.add_argument("--masks", required=True, help="folder of masks with the same names")
-    p.add_argument("--gt", default=None, help="ground-truth folder (default: --images)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--mask-convention", default="white-repaint", choices=["white-repaint", "white-keep"]
-    )
-    p.add_argument("--limit", type=int, default=0, help="use N evenly spaced images only")
-    p.add_argument(
-        "--baselines",
-        nargs="*",
-        default=[],
-        help="reference rows: white telea navier-stokes biharmonic, and tokenizer-ceiling "
-        "(the true tokens decoded into the hole: the best any transformer could do with "
-        "this tokenizer)",
-    )
-    p.add_argument(
-        "--inception",
-        default=None,
-        help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
-    )
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--choice-temperature", type=float, default=4.5)
-    _add_prefill(p)
-    _add_common(p)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from maskgit.config import load_config
-    from maskgit.pretokenize import tokens_for_training
-    from maskgit.train import train_transformer
-
-    preset = load_config(args.config, args.overrides)
-    tokens, names = tokens_for_training(
-        preset, args.tokens, args.data, args.tokenizer, args.out, args.device
-    )
-    print(f"training transformer on {len(tokens)} token grids -> {args.out}")
-    metrics = train_transformer(
-        preset,
-        tokens,
-        names,
-        args.out,
-        args.resume,
-        args.device,
-        not args.no_progress,
-        args.checkpoint_steps,
-    )
-    print(f"done: {args.out}/transformer.safetensors; validation {metrics}")
-    return 0
-
-
-# --------------------------------------------------------------------------- parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="maskgit",
-        description="MaskGIT: train a VQGAN tokenizer and a bidirectional transformer, then "
-        "inpaint, outpaint and generate by iterative parallel decoding.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="inpaint bundled sample emoji with the embedded default")
-    p.add_argument("--out", default="maskgit-demo", help="output folder (default maskgit-demo)")
-    p.add_argument("--model", default=None, help="model folder (default: the embedded default)")
-    p.add_argument(
-        "--steps", type=int, default=8, help="decoding steps (default 8: best FID, model card)"
-    )
-    p.add_argument("--schedule", default="linear", help="mask schedule (default linear)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=0.0,
-        help="sampling temperature, 0 = argmax (default 0: best FID, model card)",
-    )
-    p.add_argument(
-        "--choice-temperature",
-        type=float,
-        default=1.0,
-        help="Gumbel noise on confidences, annealed to 0 (default 1.0)",
-    )
-    _add_common(p)
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("fid", help="FID and KID between two image folders")
-    p.add_argument("real", help="folder of reference images")
-    p.add_argument("fake", help="folder of generated / inpainted images")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument(
-        "--inception",
-        default=None,
-        help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    _add_common(p)
-    p.set_defaults(func=cmd_fid)
-
-    p = sub.add_parser("evaluate", help="inpaint a test set and score it (FID, KID, PSNR...)")
-    _add_eval_inputs(p)
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--schedule", default="cosine")
-    p.add_argument("--sweet-spot", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("sweep", help="schedules x steps x sweet spots x seeds -> CSV, plots")
-    _add_eval_inputs(p)
-    p.add_argument("--schedules", nargs="+", default=["linear", "cosine", "square"])
-    p.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 16, 24])
-    p.add_argument(
-        "--sweet-spots",
-        nargs="*",
-        type=int,
-        default=[],
-        help="also stop early after S steps (S <= steps)",
-    )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("info", help="print a preset's architecture and parameter counts")
-    p.add_argument("--preset", default="lab-64", help="preset name or YAML file (default lab-64)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--verbose", action="store_true", help="also print the full config")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("prepare-data", help="build a data set (emoji) from npm packages")
-    p.add_argument("dataset", choices=["emoji"], help="which data set")
-    p.add_argument(
-        "--source",
-        nargs="+",
-        required=True,
-        help="unpacked emoji-datasource-<vendor> package folders",
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=64, help="image size (default 64)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=cmd_prepare_data)
-
-    p = sub.add_parser("train-tokenizer", help="train the VQGAN tokenizer on a folder of images")
-    p.add_argument("--data", required=True, help="folder of training images")
-    _add_training(p, "tokenizer")
-    p.set_defaults(func=cmd_train_tokenizer)
-
-    p = sub.add_parser("tokenize", help="pre-tokenise a folder of images once")
-    p.add_argument("--tokenizer", required=True, help="tokenizer run folder or .safetensors file")
-    p.add_argument("--data", required=True, help="folder of images")
-    p.add_argument("--out", required=True, help="output token folder")
-    p.add_argument("--hflip", action="store_true", help="also store horizontally flipped copies")
-    p.add_argument("--batch-size", type=int, default=64)
-    _add_common(p)
-    p.set_defaults(func=cmd_tokenize)
-
-    p = sub.add_parser("train", help="train the transformer with the masked-token loss")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--tokens", help="pre-tokenised folder (from `maskgit tokenize`)")
-    src.add_argument("--data", help="folder of images, tokenised on the fly (needs --tokenizer)")
-    p.add_argument("--tokenizer", help="tokenizer run folder or file (default: from --tokens)")
-    _add_training(p, "transformer")
-    p.set_defaults(func=cmd_train)
-
-    for register in _EXTRA_COMMANDS:
-        register(sub)
-    return parser
-
-
-_EXTRA_COMMANDS: list = []
-
-
-# ---- inpaint / generate ----------------------------------------------------------------
-# Iterative decoding from the command line. Option values are checked by the package (one
-# ValueError naming the option -> `maskgit: error: ...`, exit 2) before any model is loaded
-# or any file written; the schedule is free text so the error lists every valid name.
-
-
-def _add_decoding(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default=None,
-        help="model folder with tokenizer.safetensors and transformer.safetensors "
-        "(default: the embedded emoji-demo model)",
-    )
-    p.add_argument(
-        "--schedule",
-        default="cosine",
-        help="mask schedule: linear, cosine, lab-cosine, square, power-K, log, exp "
-        "(default cosine)",
-    )
-    p.add_argument("--steps", type=int, default=12, help="decoding steps T (default 12)")
-    p.add_argument(
-        "--sweet-spot",
-        type=int,
-        default=None,
-        metavar="S",
-        help="stop after S <= T steps and fill the rest with the prediction",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=1.0,
-        help="sampling temperature (0 = argmax; default 1.0)",
-    )
-    p.add_argument(
-        "--choice-temperature",
-        type=float,
-        default=4.5,
-        help="Gumbel noise on the confidence, annealed to 0 (default 4.5)",
-    )
-    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among top K")
-    _add_prefill(p)
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    p.add_argument(
-        "--save-steps",
-        action="store_true",
-        help="also write per-step token masks, decoded images, a comparison and a GIF "
-        "into OUT/steps/",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_common(p)
-
-
-def _decoding_options(args: argparse.Namespace) -> dict:
-    return {
-        "steps": args.steps,
-        "sweet_spot": args.sweet_spot,
-        "schedule": args.schedule,
-        "temperature": args.temperature,
-        "choice_temperature": args.choice_temperature,
-        "top_k": args.top_k,
-        "prefill": args.prefill,
-    }
-
-
-def _run_options(args: argparse.Namespace) -> dict:
-    """The options of a file-writing run (inpaint, outpaint, generate) besides decoding."""
-    return {
-        "save_steps": args.save_steps,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "progress": not args.no_progress,
-    }
-
-
-def _report(what: str, paths: list, out: str, save_steps: bool, started: float) -> None:
-    from pathlib import Path
-
-    from maskgit.inpaint_files import STEPS_FOLDER
-
-    print(f"wrote {len(paths)} {what} to {out} in {time.perf_counter() - started:.1f} s")
-    if save_steps:
-        print(
-            f"wrote step visuals to {Path(out) / STEPS_FOLDER} "
-            "(<name>_tokens.png, <name>_steps.png, <name>_compare.png, <name>.gif per image)"
-        )
-
-
 def cmd_inpaint(args: argparse.Namespace) -> int:
     from maskgit.inpaint_files import inpaint_folder
-    from maskgit.masking import MASK_CONVENTIONS
-    from maskgit.pipeline import MaskGIT, check_options
+    from maskgit.pipeline import MaskGIT, check_run_options
+    from maskgit.reader import check_convention
 
     started = time.perf_counter()
-    options = _decoding_options(args)
-    check_options(batch_size=args.batch_size, feather=args.feather, seed=args.seed, **options)
-    convention = args.mask_convention
-    if convention not in MASK_CONVENTIONS:
-        raise ValueError(f"--mask-convention {convention!r}: valid: {', '.join(MASK_CONVENTIONS)}")
+    options = decoding_options(args)
+    check_run_options(batch_size=args.batch_size, feather=args.feather)
+    check_convention(args.mask_convention)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = inpaint_folder(
         model,
         args.images,
         args.masks,
         args.out,
+        options,
         gt=args.gt,
-        mask_convention=convention,
+        mask_convention=args.mask_convention,
         feather=args.feather,
         **_run_options(args),
-        **options,
     )
     _report("inpainted images", paths, args.out, args.save_steps, started)
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from maskgit.inpaint_files import generate_files
-    from maskgit.pipeline import MaskGIT, check_options
+def cmd_outpaint(args: argparse.Namespace) -> int:
+    from maskgit.inpaint_files import outpaint_files
+    from maskgit.pipeline import MaskGIT, check_run_options
 
     started = time.perf_counter()
-    options = _decoding_options(args)
-    if args.n < 1:
-        raise ValueError(f"--n {args.n}: expected at least 1 image")
-    check_options(batch_size=args.batch_size, seed=args.seed, **options)
+    options = decoding_options(args)
+    check_run_options(batch_size=args.batch_size)
+    if args.box is not None and args.pad is not None:
+        raise ValueError("--box and --pad: give one of them")
     model = MaskGIT.from_pretrained(args.model, device=args.device)
-    paths = generate_files(
-        model,
-        args.n,
-        args.out,
-        **_run_options(args),
-        **options,
+    paths = outpaint_files(
+        model, args.images, args.out, options, box=args.box, pad=args.pad, **_run_options(args)
     )
-    _report("generated images", paths, args.out, args.save_steps, started)
+    _report("outpainted images", paths, args.out, args.save_steps, started)
     return 0
 
 
-def _register_inpaint_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "inpaint",
-        help="repaint the masked part of images (files or folders paired by file name)",
-        description="Repaint the masked pixels of each image by iterative decoding; pixels "
-        "outside the mask stay exact. Images and masks pair by equal file name; outputs are "
-        "PNGs with the input names at the model's resolution.",
-    )
-    p.add_argument("--images", required=True, metavar="DIR|FILE", help="image file or folder")
-    p.add_argument(
-        "--masks",
-        required=True,
-        metavar="DIR|FILE",
-        help="mask file or folder (same file names as the images; one file = one mask for all)",
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--gt",
-        default=None,
-        metavar="DIR",
-        help="ground-truth images (same names) shown in the --save-steps comparison",
-    )
-    conv = p.add_mutually_exclusive_group()
-    conv.add_argument(
-        "--mask-convention",
-        default="white-repaint",
-        help="what white means in the mask files: white-repaint (default; diffusers, LaMa) "
-        "or white-keep (the course lab)",
-    )
-    conv.add_argument(
-        "--white-keep",
-        dest="mask_convention",
-        action="store_const",
-        const="white-keep",
-        help="shortcut for --mask-convention white-keep (the course lab's mask files)",
-    )
-    p.add_argument(
-        "--feather",
-        type=int,
-        default=0,
-        metavar="N",
-        help="blend the repainted content in over N pixels inside the mask edge (default 0)",
-    )
-    _add_decoding(p)
-    p.set_defaults(func=cmd_inpaint)
+def cmd_generate(args: argparse.Namespace) -> int:
+    from maskgit.inpaint_files import generate_files
+    from maskgit.pipeline import MaskGIT, check_run_options
 
-    p = sub.add_parser(
-        "generate",
-        help="generate images from nothing by iterative decoding",
-        description="Generate N images (every token unknown at the start); image i uses "
-        "seed + i and is written as OUT/sample_<i>.png.",
-    )
-    p.add_argument("--n", type=int, required=True, help="number of images")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    _add_decoding(p)
-    p.set_defaults(func=cmd_generate)
-
-
-_EXTRA_COMMANDS.append(_register_inpaint_generate)
-# ---- end inpaint / generate ------------------------------------------------------------
-
-
-# ---- serve ------------------------------------------------------------------------------
-# `maskgit serve`: the local web demo (src/maskgit/app.py). FastAPI and uvicorn come with the
-# `web` extra and are imported only here, so the core package works without them.
+    started = time.perf_counter()
+    options = decoding_options(args)
+    if args.n < 1:
+        raise ValueError(f"--n {args.n}: expected at least 1 image")
+    check_run_options(batch_size=args.batch_size)
+    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    paths = generate_files(model, args.n, args.out, options, **_run_options(args))
+    _report("generated images", paths, args.out, args.save_steps, started)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -666,25 +389,285 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="start the local web demo: draw a mask, watch MaskGIT fill it step by step",
-        description="Serve a local web page (FastAPI; needs `pip install 'maskgit[web]'`) to "
-        "inpaint an image through a painted mask or generate images, showing every decoding "
-        "step. Nothing is fetched from the internet.",
+# --------------------------------------------------------------------------- arguments
+
+
+def args_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="maskgit-demo", help="output folder (default maskgit-demo)")
+    _add_model(p)
+    add_decoding_options(p)
+
+
+def args_fid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("real", help="folder of reference images")
+    p.add_argument("fake", help="folder of generated / inpainted images")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument(
+        "--inception",
+        default=None,
+        help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+
+
+def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
+    _add_model(p)
+    p.add_argument("--images", required=True, help="folder of images to inpaint")
+    p.add_argument("--masks", required=True, help="folder of masks with the same names")
+    p.add_argument("--gt", default=None, help="ground-truth folder (default: --images)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--mask-convention", default="white-repaint", choices=["white-repaint", "white-keep"]
+    )
+    p.add_argument("--limit", type=int, default=0, help="use N evenly spaced images only")
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[],
+        help="reference rows: white telea navier-stokes biharmonic, and tokenizer-ceiling "
+        "(the true tokens decoded into the hole: the best any transformer could do with "
+        "this tokenizer)",
     )
     p.add_argument(
-        "--model", default=None, help="model folder (default: the embedded default model)"
+        "--inception",
+        default=None,
+        help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
     )
+
+
+def args_evaluate(p: argparse.ArgumentParser) -> None:
+    _add_eval_inputs(p)
+    add_decoding_options(p)
+
+
+SWEPT = ("schedule", "steps", "sweet_spot", "seed")  # sweep's axes: lists, not one value
+
+
+def args_sweep(p: argparse.ArgumentParser) -> None:
+    _add_eval_inputs(p)
+    add_decoding_options(p, skip=SWEPT)
+    p.add_argument("--schedules", nargs="+", default=["linear", "cosine", "square"])
+    p.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 16, 24])
+    p.add_argument(
+        "--sweet-spots",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also stop early after S steps (S <= steps)",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+
+
+def args_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="lab-64", help="preset name or YAML file (default lab-64)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--verbose", action="store_true", help="also print the full config")
+
+
+def args_prepare_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", choices=["emoji"], help="which data set")
+    p.add_argument(
+        "--source",
+        nargs="+",
+        required=True,
+        help="unpacked emoji-datasource-<vendor> package folders",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=64, help="image size (default 64)")
+
+
+def args_train_tokenizer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder of training images")
+    _add_training(p, "tokenizer")
+
+
+def args_tokenize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", required=True, help="tokenizer run folder or .safetensors file")
+    p.add_argument("--data", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="output token folder")
+    p.add_argument("--hflip", action="store_true", help="also store horizontally flipped copies")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def args_train(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tokens", help="pre-tokenised folder (from `maskgit tokenize`)")
+    src.add_argument("--data", help="folder of images, tokenised on the fly (needs --tokenizer)")
+    p.add_argument("--tokenizer", help="tokenizer run folder or file (default: from --tokens)")
+    _add_training(p, "transformer")
+
+
+def args_inpaint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", required=True, metavar="DIR|FILE", help="image file or folder")
+    p.add_argument(
+        "--masks",
+        required=True,
+        metavar="DIR|FILE",
+        help="mask file or folder (same file names as the images; one file = one mask for all)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--gt",
+        default=None,
+        metavar="DIR",
+        help="ground-truth images (same names) shown in the --save-steps comparison",
+    )
+    conv = p.add_mutually_exclusive_group()
+    conv.add_argument(
+        "--mask-convention",
+        default="white-repaint",
+        help="what white means in the mask files: white-repaint (default; diffusers, LaMa) "
+        "or white-keep (the course lab); transparent pixels are never repainted",
+    )
+    conv.add_argument(
+        "--white-keep",
+        dest="mask_convention",
+        action="store_const",
+        const="white-keep",
+        help="shortcut for --mask-convention white-keep (the course lab's mask files)",
+    )
+    p.add_argument(
+        "--feather",
+        type=int,
+        default=0,
+        metavar="N",
+        help="blend the repainted content in over N pixels inside the mask edge (default 0)",
+    )
+    _add_file_run(p)
+
+
+def args_outpaint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", required=True, metavar="DIR|FILE", help="image file or folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--box",
+        type=int,
+        nargs=4,
+        default=None,
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="where the image goes on the model's canvas (default: the central half)",
+    )
+    p.add_argument(
+        "--pad", type=int, default=None, metavar="P", help="or: a margin of P pixels to generate"
+    )
+    _add_file_run(p)
+
+
+def args_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_file_run(p)
+
+
+def args_serve(p: argparse.ArgumentParser) -> None:
+    _add_model(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    _add_common(p)
-    p.set_defaults(func=cmd_serve)
 
 
-_EXTRA_COMMANDS.append(_register_serve)
-# ---- end serve ----------------------------------------------------------------------------
+# --------------------------------------------------------------------------- parser
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    device: bool = True  # takes --device
+    description: str | None = None
+
+
+COMMANDS = (
+    Command("demo", "inpaint bundled sample emoji with the embedded default", args_demo, cmd_demo),
+    Command(
+        "inpaint",
+        "repaint the masked part of images (files or folders paired by file name)",
+        args_inpaint,
+        cmd_inpaint,
+        description="Repaint the masked pixels of each image by iterative decoding; pixels "
+        "outside the mask stay exact. Images and masks pair by equal file name; outputs are "
+        "PNGs with the input names at the model's resolution.",
+    ),
+    Command(
+        "outpaint",
+        "extend images: shrink each into a box of the canvas and generate around it",
+        args_outpaint,
+        cmd_outpaint,
+        description="Place each image inside --box (or within a --pad margin; default the "
+        "central half) of the model's canvas and generate everything around it; outputs are "
+        "PNGs with the input names at the model's resolution.",
+    ),
+    Command(
+        "generate",
+        "generate images from nothing by iterative decoding",
+        args_generate,
+        cmd_generate,
+        description="Generate N images (every token unknown at the start); image i uses "
+        "seed + i and is written as OUT/sample_<i>.png.",
+    ),
+    Command("fid", "FID and KID between two image folders", args_fid, cmd_fid),
+    Command(
+        "evaluate",
+        "inpaint a test set and score it (FID, KID, PSNR...)",
+        args_evaluate,
+        cmd_evaluate,
+    ),
+    Command(
+        "sweep", "schedules x steps x sweet spots x seeds -> CSV, plots", args_sweep, cmd_sweep
+    ),
+    Command(
+        "info",
+        "print a preset's architecture and parameter counts",
+        args_info,
+        cmd_info,
+        device=False,
+    ),
+    Command(
+        "prepare-data",
+        "build a data set (emoji) from npm packages",
+        args_prepare_data,
+        cmd_prepare_data,
+        device=False,
+    ),
+    Command(
+        "train-tokenizer",
+        "train the VQGAN tokenizer on a folder of images",
+        args_train_tokenizer,
+        cmd_train_tokenizer,
+    ),
+    Command("tokenize", "pre-tokenise a folder of images once", args_tokenize, cmd_tokenize),
+    Command("train", "train the transformer with the masked-token loss", args_train, cmd_train),
+    Command(
+        "serve",
+        "start the local web demo: draw a mask, watch MaskGIT fill it step by step",
+        args_serve,
+        cmd_serve,
+        description="Serve a local web page (FastAPI; needs `pip install 'maskgit[web]'`) to "
+        "inpaint an image through a painted mask, outpaint or generate images, showing every "
+        "decoding step. Nothing is fetched from the internet.",
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskgit",
+        description="MaskGIT: train a VQGAN tokenizer and a bidirectional transformer, then "
+        "inpaint, outpaint and generate by iterative parallel decoding.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.arguments(p)
+        if command.device:
+            p.add_argument(
+                "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+            )
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.set_defaults(func=command.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

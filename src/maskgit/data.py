@@ -1,8 +1,8 @@
 """Image folders, deterministic splits and pre-tokenised token shards.
 
 Images in memory are uint8 tensors (N, 3, H, W); models take float in [-1, 1]
-(`to_model_range`). Any readable image is accepted: grayscale, palette and RGBA images are
-converted to RGB (transparency composited on white) and resized to the configured size.
+(`to_model_range`). Files are read by `maskgit.reader` (any readable image: upright by its
+EXIF orientation, 16-bit scaled, transparency on white) and resized to the configured size.
 """
 
 from __future__ import annotations
@@ -14,67 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from maskgit.fileio import atomic_write
+from maskgit.reader import DataError
+from maskgit.reader import read_image as load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (a 6324 x 6324 image)
 TOKENS_FILE = "tokens.safetensors"
 INDEX_FILE = "index.txt"
-
-
-class DataError(ValueError):
-    """A data folder or file is missing, empty or unreadable; the message names it."""
-
-
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3), alpha composited on white.
-
-    When `size` is given the image is resized to size x size (bicubic; the aspect ratio is
-    not kept: crop first if that matters).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():  # PIL's own bomb warning: the guard below says it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"{path}: image is {img.width}x{img.height}, over the "
-                    f"{MAX_IMAGE_PIXELS:,}-pixel limit (decompression-bomb guard)"
-                )
-            img.load()
-            rgb = to_rgb(img)
-    except Image.DecompressionBombError as exc:  # PIL refuses to open it at all (> 179 MP)
-        raise DataError(
-            f"{path}: over the {MAX_IMAGE_PIXELS:,}-pixel limit (decompression-bomb guard; {exc})"
-        ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: not a readable image ({exc})") from exc
-    if size is not None and rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image -> RGB, transparency composited on white."""
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -1,7 +1,9 @@
 """Iterative parallel decoding (MaskGIT), independent of any model.
 
-`decode` takes a `logits_fn` mapping token ids (B, N) -> logits (B, N, K); it never sees the
-model. Token masks follow the package convention: True = unknown (to be generated).
+`decode` takes a `logits_fn` mapping token ids (B, N) -> logits (B, N, K), so it never sees
+the model, and a `DecodingOptions` (maskgit.options) that says how; an optional
+`on_step(DecodeStep)` callback sees every step. Token masks follow the package convention:
+True = unknown (to be generated).
 
 The rule, at step t = 0 .. S-1 of T planned steps (S = sweet spot, S <= T):
   1. logits = logits_fn(current tokens, with [MASK] at unknown positions)
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from maskgit.schedule import gamma, validate_schedule
+from maskgit.options import DecodingOptions, resolve
+from maskgit.schedule import gamma
 
 CONFIDENCE_OF_KNOWN_TOKENS = float("inf")
 
@@ -40,14 +44,7 @@ class DecodeStep:
     sampled: torch.Tensor  # (B, N) int64, this step's prediction at every position
 
 
-def check_decode_args(steps: int, sweet_spot: int | None, schedule: str) -> int:
-    """Validate step counts and schedule; return the number of steps to run."""
-    if steps < 1:
-        raise ValueError(f"steps={steps}: expected at least 1")
-    if sweet_spot is not None and not 1 <= sweet_spot <= steps:
-        raise ValueError(f"sweet_spot={sweet_spot}: expected 1 <= sweet_spot <= steps={steps}")
-    validate_schedule(schedule)
-    return steps if sweet_spot is None else sweet_spot
+StepCallback = Callable[[DecodeStep], None]
 
 
 def tokens_to_keep_masked(
@@ -108,21 +105,24 @@ def decode(
     unknown: torch.Tensor,
     logits_fn: LogitsFn,
     mask_token_id: int,
-    steps: int = 12,
-    sweet_spot: int | None = None,
-    schedule: str = "cosine",
-    temperature: float = 1.0,
-    choice_temperature: float = 4.5,
-    top_k: int | None = None,
+    options: DecodingOptions | None = None,
+    *,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     record_steps: bool = False,
+    on_step: StepCallback | None = None,
+    **changes: Any,
 ) -> tuple[torch.Tensor, list[DecodeStep]]:
     """Fill the unknown tokens of `tokens` (B, N) where `unknown` (B, N) is True.
 
+    `options` (default DEFAULT_DECODING) with keyword `changes` (field names of
+    DecodingOptions, e.g. steps=12) say how; `options.seed` is not used here (pass
+    `generator`: one per image makes results independent of the batching).
+    `on_step(DecodeStep)` is called after every step run (e.g. for progress).
     Returns the completed tokens (B, N) (no [MASK] left; known tokens unchanged) and, when
     `record_steps`, one DecodeStep per step run.
     """
-    last_step = check_decode_args(steps, sweet_spot, schedule) - 1
+    options = resolve(options, **changes)
+    steps, last_step = options.steps, options.steps_to_run - 1
     batch, num_tokens = tokens.shape
     gens = _per_image_generators(generator, batch)
     unknown = unknown.bool().clone()
@@ -133,11 +133,11 @@ def decode(
         if not unknown.any():
             break
         logits = logits_fn(current)  # (B, N, K)
-        sampled = sample_tokens(logits, temperature, top_k, gens)
+        sampled = sample_tokens(logits, options.temperature, options.top_k, gens)
         sampled = torch.where(unknown, sampled, current)  # (B, N)
         log_probs = logits.float().log_softmax(dim=-1)
         confidence = log_probs.gather(-1, sampled[..., None]).squeeze(-1).double()
-        noise_scale = choice_temperature * (1.0 - (step + 1) / steps)
+        noise_scale = options.choice_temperature * (1.0 - (step + 1) / steps)
         if noise_scale > 0.0:
             gumbel = -torch.log(-torch.log(_uniform(gens, (num_tokens,))))
             confidence = confidence + noise_scale * gumbel.to(confidence.device)
@@ -148,12 +148,16 @@ def decode(
             step,
             steps,
             last_step,
-            schedule,
+            options.schedule,
             num_tokens,
         ).to(tokens.device)
         ranks = confidence.argsort(dim=1, stable=True).argsort(dim=1)  # 0 = least confident
         unknown = ranks < keep[:, None]
         current = torch.where(unknown, torch.full_like(sampled, mask_token_id), sampled)
-        if record_steps:
-            records.append(DecodeStep(step, unknown.cpu(), current.cpu(), sampled.cpu()))
+        if record_steps or on_step is not None:
+            record = DecodeStep(step, unknown.cpu(), current.cpu(), sampled.cpu())
+            if record_steps:
+                records.append(record)
+            if on_step is not None:
+                on_step(record)
     return current, records

@@ -7,17 +7,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from maskgit.data import load_image
-from maskgit.masking import pixel_mask_from_array
+from maskgit.options import DEFAULT_DECODING, DecodingOptions
 from maskgit.pipeline import MaskGIT
+from maskgit.reader import mask_tensor, read_image, read_mask
 from maskgit.visualize import image_grid, masked_preview, save_png, save_step_visuals
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
-# Decoding settings that scored best for the embedded default (docs/model-card.md)
-DEMO_TEMPERATURE = 0.0
-DEMO_CHOICE_TEMPERATURE = 1.0
-DEMO_STEPS = 8  # linear, 8 steps: the default model's best FID (docs/schedule-study.md)
-DEMO_SCHEDULE = "linear"
 
 
 def sample_pairs() -> list[tuple[Path, Path]]:
@@ -29,35 +24,26 @@ def sample_pairs() -> list[tuple[Path, Path]]:
 def run_demo(
     out: str | Path = "maskgit-demo",
     model_path: str | None = None,
-    steps: int = DEMO_STEPS,
-    schedule: str = DEMO_SCHEDULE,
-    seed: int = 0,
+    options: DecodingOptions = DEFAULT_DECODING,
     device: str | None = None,
-    temperature: float = DEMO_TEMPERATURE,
-    choice_temperature: float = DEMO_CHOICE_TEMPERATURE,
 ) -> list[Path]:
-    """Inpaint every bundled sample; write results, step pictures and an overview to `out`."""
+    """Inpaint every bundled sample; write results, step pictures and an overview to `out`.
+
+    Decoding: `options`, by default DEFAULT_DECODING (the shipped model's best setting).
+    """
     out = Path(out)
     model = MaskGIT.from_pretrained(model_path, device=device)
+    size = model.image_size
     pairs = sample_pairs()
-    images = [Image.fromarray(load_image(p, model.image_size)) for p, _ in pairs]
-    masks = [pixel_mask_from_array(load_image(m, model.image_size)) for _, m in pairs]
-    result = model.inpaint(
-        images,
-        masks,
-        steps=steps,
-        schedule=schedule,
-        seed=seed,
-        return_steps=True,
-        temperature=temperature,
-        choice_temperature=choice_temperature,
-    )
+    images = [Image.fromarray(read_image(p, size)) for p, _ in pairs]
+    masks = [mask_tensor(read_mask(m), size) for _, m in pairs]
+    result = model.inpaint(images, masks, options, return_steps=True)
     written = []
     previews = []
     for (path, _), image, mask, filled, frames in zip(
         pairs, images, masks, result.images, result.steps, strict=True
     ):
-        preview = masked_preview(image, mask.numpy())
+        preview = masked_preview(image, mask)
         previews.append(preview)
         written.append(save_png(filled, out / path.name))
         written += save_step_visuals(
@@ -71,21 +57,18 @@ def run_demo(
 def main(
     out: str,
     model_path: str | None,
-    steps: int,
-    schedule: str,
-    seed: int,
-    device: str | None,
-    temperature: float = DEMO_TEMPERATURE,
-    choice_temperature: float = DEMO_CHOICE_TEMPERATURE,
+    options: DecodingOptions = DEFAULT_DECODING,
+    device: str | None = None,
 ) -> int:
     """CLI body: run the demo and say what was written and how long it took."""
     started = time.perf_counter()
-    written = run_demo(
-        out, model_path, steps, schedule, seed, device, temperature, choice_temperature
-    )
+    written = run_demo(out, model_path, options, device)
     elapsed = time.perf_counter() - started
     results = [p for p in written if p.parent == Path(out) and p.name != "overview.png"]
-    print(f"inpainted {len(results)} sample emoji in {elapsed:.1f} s ({steps} steps, {schedule})")
+    print(
+        f"inpainted {len(results)} sample emoji in {elapsed:.1f} s ({options.steps} steps, "
+        f"{options.schedule})"
+    )
     print(f"  results:     {out}/<name>.png")
     print(f"  step views:  {out}/steps/<name>_tokens.png, _steps.png, _compare.png, .gif")
     print(f"  overview:    {out}/overview.png (rows: masked input, result, original)")

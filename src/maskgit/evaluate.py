@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from maskgit.data import DataError, list_images, load_image
+from maskgit.data import DataError, list_images
 from maskgit.fid import InceptionFeatures
 from maskgit.fill import CLASSICAL_FILLS, classical_fill
-from maskgit.masking import pixel_mask_from_array
 from maskgit.metrics import (
     fid_from_features,
     kid_from_features,
@@ -30,7 +30,9 @@ from maskgit.metrics import (
     masked_psnr,
     masked_ssim,
 )
+from maskgit.options import DecodingOptions, resolve
 from maskgit.pipeline import MaskGIT, paste_known
+from maskgit.reader import mask_tensor, read_image, read_mask
 from maskgit.visualize import save_png
 
 BASELINES = CLASSICAL_FILLS
@@ -73,12 +75,9 @@ def load_test_set(
         image_files = [image_files[i * len(image_files) // limit] for i in range(limit)]
     imgs, msks, truths = [], [], []
     for path in image_files:
-        imgs.append(load_image(path, size))
-        raw = np.asarray(
-            Image.open(mask_files[path.stem]).convert("L").resize((size, size), Image.NEAREST)
-        )
-        msks.append(pixel_mask_from_array(raw, mask_convention))
-        truths.append(load_image(truth_files[path.stem], size) if truth_files else imgs[-1])
+        imgs.append(read_image(path, size))
+        msks.append(mask_tensor(read_mask(mask_files[path.stem], mask_convention), size))
+        truths.append(read_image(truth_files[path.stem], size) if truth_files else imgs[-1])
 
     def stack(arrays):
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -127,7 +126,7 @@ class Scorer:
 
 
 def inpaint_set(
-    model: MaskGIT, test: TestSet, batch_size: int = 64, **decode
+    model: MaskGIT, test: TestSet, options: DecodingOptions, batch_size: int = 64
 ) -> tuple[torch.Tensor, float]:
     """Inpaint the whole test set; returns uint8 results (N, 3, S, S) and seconds per image."""
     outputs = []
@@ -136,8 +135,8 @@ def inpaint_set(
         result = model.inpaint(
             list(test.images[start : start + batch_size]),
             list(test.masks[start : start + batch_size]),
+            options,
             batch_size=batch_size,
-            **decode,
         )
         outputs += [torch.from_numpy(np.array(img)).permute(2, 0, 1) for img in result.images]
     elapsed = time.perf_counter() - started
@@ -155,19 +154,25 @@ def evaluate(
     model: MaskGIT,
     test: TestSet,
     out: str | Path,
+    options: DecodingOptions | None = None,
+    *,
     baselines: tuple[str, ...] = (),
     inception_weights: str | None = None,
-    **decode,
+    **changes,
 ) -> list[dict]:
-    """Inpaint + score MaskGIT (and baselines); write images, results.json and results.csv."""
+    """Inpaint + score MaskGIT (and baselines); write images, results.json and results.csv.
+
+    Decoding: `options` (default DEFAULT_DECODING) with keyword `changes`; the row records
+    every option.
+    """
+    options = resolve(options, **changes)
     out = Path(out)
     scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
     rows = []
-    results, seconds = inpaint_set(model, test, **decode)
+    results, seconds = inpaint_set(model, test, options)
     write_images(out / "maskgit", test.names, results)
-    rows.append(
-        {"method": "maskgit", **_settings(decode), **scorer.score(results), "s_per_image": seconds}
-    )
+    row = {"method": "maskgit", **options.as_dict()}
+    rows.append({**row, **scorer.score(results), "s_per_image": seconds})
     for name in tqdm(baselines, desc="baselines", leave=False, disable=not baselines):
         started = time.perf_counter()
         filled = reference_fill(name, model, test)
@@ -176,19 +181,6 @@ def evaluate(
         rows.append({"method": name, **scorer.score(filled), "s_per_image": seconds})
     write_rows(out / "results", rows)
     return rows
-
-
-def _settings(decode: dict) -> dict:
-    keys = (
-        "schedule",
-        "steps",
-        "sweet_spot",
-        "temperature",
-        "choice_temperature",
-        "prefill",
-        "seed",
-    )
-    return {k: decode.get(k) for k in keys if k in decode}
 
 
 def write_rows(stem: Path, rows: list[dict]) -> None:
@@ -206,52 +198,36 @@ def sweep(
     model: MaskGIT,
     test: TestSet,
     out: str | Path,
-    schedules: list[str],
-    steps: list[int],
-    sweet_spots: list[int | None],
-    seeds: list[int],
+    options: DecodingOptions | None = None,
+    *,
+    schedules: Sequence[str],
+    steps: Sequence[int],
+    sweet_spots: Sequence[int | None] = (None,),
+    seeds: Sequence[int] = (0,),
     baselines: tuple[str, ...] = (),
     inception_weights: str | None = None,
-    temperature: float = 1.0,
-    choice_temperature: float = 4.5,
-    prefill: str = "telea",
 ) -> list[dict]:
-    """Schedules x steps x sweet spots x seeds -> sweep.csv/json, plots and table.md."""
+    """Schedules x steps x sweet spots x seeds -> sweep.csv/json, plots and table.md.
+
+    The other decoding options come from `options` (default DEFAULT_DECODING); every
+    setting is validated before the first image is decoded.
+    """
+    base = resolve(options)
     out = Path(out)
-    scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
     configs = [
-        (sc, t, s, seed)
+        base.replace(schedule=sc, steps=t, sweet_spot=s, seed=seed)
         for sc in schedules
         for t in steps
         for s in sweet_spots
         for seed in seeds
         if s is None or s <= t
     ]
+    scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
     rows = []
-    for schedule, total, spot, seed in tqdm(configs, desc="sweep"):
-        results, seconds = inpaint_set(
-            model,
-            test,
-            steps=total,
-            sweet_spot=spot,
-            schedule=schedule,
-            seed=seed,
-            temperature=temperature,
-            choice_temperature=choice_temperature,
-            prefill=prefill,
-        )
-        rows.append(
-            {
-                "method": "maskgit",
-                "schedule": schedule,
-                "steps": total,
-                "sweet_spot": spot or total,
-                "seed": seed,
-                "prefill": prefill,
-                **scorer.score(results),
-                "s_per_image": seconds,
-            }
-        )
+    for config in tqdm(configs, desc="sweep"):
+        results, seconds = inpaint_set(model, test, config)
+        row = {"method": "maskgit", **config.as_dict(), "sweet_spot": config.steps_to_run}
+        rows.append({**row, **scorer.score(results), "s_per_image": seconds})
         write_rows(out / "sweep", rows)  # keep what is done if interrupted
     for name in baselines:
         rows.append({"method": name, **scorer.score(reference_fill(name, model, test))})

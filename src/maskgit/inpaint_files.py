@@ -29,9 +29,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from maskgit.data import DataError, list_images, load_image
-from maskgit.masking import MASK_CONVENTIONS
-from maskgit.pipeline import MASKED_PIXEL_VALUE, MaskGIT, check_options
+from maskgit.data import DataError, list_images
+from maskgit.options import DecodingOptions, resolve
+from maskgit.pipeline import (
+    MASKED_PIXEL_VALUE,
+    MaskGIT,
+    check_run_options,
+    outpaint_box,
+    outpaint_canvas,
+)
+from maskgit.reader import check_convention, fit_mask, image_tensor, read_image, read_mask
 from maskgit.visualize import masked_preview, save_png, save_step_visuals
 
 STEPS_FOLDER = "steps"  # step visuals go to <out>/steps/
@@ -140,35 +147,28 @@ class LoadedInputs:
 
 def load_inputs(model: MaskGIT, pairs: Sequence[Pair], mask_convention: str) -> LoadedInputs:
     """Read every file of `pairs`, check sizes, convert to the model's size (nothing written)."""
-    if mask_convention not in MASK_CONVENTIONS:
-        raise ValueError(
-            f"unknown mask convention {mask_convention!r}; valid: {', '.join(MASK_CONVENTIONS)}"
-        )
+    check_convention(mask_convention)
     size = model.image_size
     loaded = LoadedInputs(list(pairs), [], [], [], [])
-    mask_cache: dict[Path, tuple[tuple[int, int], torch.Tensor]] = {}
+    mask_cache: dict[Path, torch.Tensor] = {}
     for pair in pairs:
-        array = load_image(pair.image)
+        array = read_image(pair.image)
         if pair.mask not in mask_cache:
-            mask_array = load_image(pair.mask)
-            mask_cache[pair.mask] = (
-                mask_array.shape[:2],
-                model._mask_tensor(mask_array, mask_convention),
-            )
-        mask_shape, mask = mask_cache[pair.mask]
-        if array.shape[:2] != mask_shape:
+            mask_cache[pair.mask] = read_mask(pair.mask, mask_convention)
+        mask = mask_cache[pair.mask]
+        if array.shape[:2] != tuple(mask.shape):
             raise ValueError(
                 f"{pair.image} is {array.shape[1]}x{array.shape[0]} but its mask {pair.mask} "
-                f"is {mask_shape[1]}x{mask_shape[0]}: an image and its mask must have the "
+                f"is {mask.shape[1]}x{mask.shape[0]}: an image and its mask must have the "
                 "same size"
             )
         if array.shape[:2] != (size, size):
             loaded.resized.append(f"{pair.image.name} ({array.shape[1]}x{array.shape[0]})")
-        loaded.images.append(model._image_tensor(array))
-        loaded.masks.append(mask)
+        loaded.images.append(image_tensor(array, size))
+        loaded.masks.append(fit_mask(mask, size))
         truth = None
         if pair.ground_truth is not None:
-            truth = Image.fromarray(load_image(pair.ground_truth, size))
+            truth = Image.fromarray(read_image(pair.ground_truth, size))
         loaded.ground_truths.append(truth)
     return loaded
 
@@ -184,32 +184,78 @@ def _check_out(out: Path, *inputs: str | Path | None) -> None:
             )
 
 
+def _write_batches(
+    model: MaskGIT,
+    names: Sequence[str],
+    images: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    out: Path,
+    options: DecodingOptions,
+    *,
+    ground_truths: Sequence[Image.Image | None] | None = None,
+    save_steps: bool = False,
+    batch_size: int = 32,
+    feather: int = 0,
+    progress: bool = True,
+    desc: str = "inpainting",
+) -> list[Path]:
+    """Decode uint8 images (3, S, S) with bool masks (S, S) by batches; write `<name>.png`.
+
+    Image i uses options.seed + i, so results do not depend on `batch_size`.
+    """
+    written: list[Path] = []
+    for start in tqdm(range(0, len(names), batch_size), desc=desc, disable=not progress):
+        end = min(start + batch_size, len(names))
+        result = model.inpaint(
+            images[start:end],
+            masks[start:end],
+            options.replace(seed=options.seed + start),
+            return_steps=save_steps,
+            batch_size=end - start,
+            feather=feather,
+        )
+        for offset, image in enumerate(result.images):
+            index = start + offset
+            written.append(save_png(image, out / f"{names[index]}.png"))
+            if save_steps:
+                save_step_visuals(
+                    out / STEPS_FOLDER,
+                    names[index],
+                    masked_preview(images[index], masks[index]),
+                    image,
+                    result.steps[offset],
+                    ground_truths[index] if ground_truths else None,
+                    start_mask=result.token_masks[offset],
+                )
+    return written
+
+
 def inpaint_folder(
     model: MaskGIT,
     images: str | Path,
     masks: str | Path,
     out: str | Path,
+    options: DecodingOptions | None = None,
     *,
     gt: str | Path | None = None,
     save_steps: bool = False,
     batch_size: int = 32,
     mask_convention: str = "white-repaint",
     feather: int = 0,
-    seed: int = 0,
     progress: bool = True,
     log: Log | None = _stderr,
-    **decode_kwargs: Any,
+    **changes: Any,
 ) -> list[Path]:
     """Inpaint every image of `images` with its mask from `masks`; write PNGs into `out`.
 
-    Image i (in file-name order) uses seed + i, so results do not depend on `batch_size`.
+    `options` (default DEFAULT_DECODING) with keyword `changes` say how to decode; image i
+    (in file-name order) uses options.seed + i, so results do not depend on `batch_size`.
     With `save_steps`, out/steps/ gets `<stem>_tokens.png`, `<stem>_steps.png`,
     `<stem>_compare.png` (beside the ground truth from `gt` when given) and `<stem>.gif`.
-    `decode_kwargs`: steps, schedule, sweet_spot, temperature, choice_temperature, top_k,
-    prefill.
     Returns the output image paths, in input order. Validation errors leave `out` untouched.
     """
-    check_options(batch_size=batch_size, feather=feather, seed=seed, **decode_kwargs)
+    options = resolve(options, **changes)
+    check_run_options(batch_size=batch_size, feather=feather)
     out = Path(out)
     _check_out(out, images, masks)
     pairs = pair_inputs(images, masks, gt)
@@ -221,47 +267,73 @@ def inpaint_folder(
             f"(e.g. {inputs.resized[0]}); resized to {size}x{size} (images bicubic, masks "
             f"keep every repainted pixel), outputs are {size}x{size}"
         )
-    written: list[Path] = []
-    starts = range(0, len(pairs), batch_size)
-    for start in tqdm(starts, desc="inpainting", unit="batch", disable=not progress):
-        end = min(start + batch_size, len(pairs))
-        result = model.inpaint(
-            inputs.images[start:end],
-            inputs.masks[start:end],
-            seed=seed + start,
-            return_steps=save_steps,
-            batch_size=end - start,
-            feather=feather,
-            **decode_kwargs,
-        )
-        for offset, image in enumerate(result.images):
-            index = start + offset
-            pair = pairs[index]
-            written.append(save_png(image, out / pair.output_name))
-            if save_steps:
-                save_step_visuals(
-                    out / STEPS_FOLDER,
-                    Path(pair.output_name).stem,
-                    masked_preview(inputs.images[index], inputs.masks[index]),
-                    image,
-                    result.steps[offset],
-                    inputs.ground_truths[index],
-                    start_mask=result.token_masks[offset],
-                )
-    return written
+    names = [Path(pair.output_name).stem for pair in pairs]
+    return _write_batches(
+        model,
+        names,
+        inputs.images,
+        inputs.masks,
+        out,
+        options,
+        ground_truths=inputs.ground_truths,
+        save_steps=save_steps,
+        batch_size=batch_size,
+        feather=feather,
+        progress=progress,
+    )
+
+
+def outpaint_files(
+    model: MaskGIT,
+    images: str | Path,
+    out: str | Path,
+    options: DecodingOptions | None = None,
+    *,
+    box: Sequence[int] | None = None,
+    pad: int | None = None,
+    save_steps: bool = False,
+    batch_size: int = 32,
+    progress: bool = True,
+    **changes: Any,
+) -> list[Path]:
+    """Outpaint every image of `images` (a file or folder): each is shrunk into `box` (or a
+    margin of `pad` pixels; default the central half, `pipeline.outpaint_box`) of the
+    model's canvas and the rest is generated; PNGs named after the inputs go into `out`."""
+    options = resolve(options, **changes)
+    check_run_options(batch_size=batch_size)
+    out = Path(out)
+    _check_out(out, images)
+    size = model.image_size
+    region = outpaint_box(size, box, pad)
+    files, is_folder = _files(images, "images")
+    if is_folder:
+        _by_stem(files, images)  # two inputs must not write the same output
+    pairs = [outpaint_canvas(image_tensor(read_image(path), size), region) for path in files]
+    return _write_batches(
+        model,
+        [path.stem for path in files],
+        [canvas for canvas, _ in pairs],
+        [mask for _, mask in pairs],
+        out,
+        options,
+        save_steps=save_steps,
+        batch_size=batch_size,
+        progress=progress,
+        desc="outpainting",
+    )
 
 
 def generate_files(
     model: MaskGIT,
     n: int,
     out: str | Path,
+    options: DecodingOptions | None = None,
     *,
     save_steps: bool = False,
     batch_size: int = 32,
-    seed: int = 0,
     prefix: str = "sample",
     progress: bool = True,
-    **decode_kwargs: Any,
+    **changes: Any,
 ) -> list[Path]:
     """Generate `n` images into `out` as `<prefix>_0000.png` ...; image i uses seed + i.
 
@@ -270,32 +342,23 @@ def generate_files(
     """
     if n < 1:
         raise ValueError(f"n={n}: expected at least 1 image")
-    check_options(batch_size=batch_size, seed=seed, **decode_kwargs)
+    options = resolve(options, **changes)
+    check_run_options(batch_size=batch_size)
     out = Path(out)
     _check_out(out)
     digits = max(4, len(str(n - 1)))
     size = model.image_size
-    blank = masked_preview(
-        torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8),
-        torch.ones(size, size, dtype=torch.bool),
+    blank = torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8)
+    full = torch.ones(size, size, dtype=torch.bool)
+    return _write_batches(
+        model,
+        [f"{prefix}_{i:0{digits}d}" for i in range(n)],
+        [blank] * n,
+        [full] * n,
+        out,
+        options,
+        save_steps=save_steps,
+        batch_size=batch_size,
+        progress=progress,
+        desc="generating",
     )
-    written: list[Path] = []
-    starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc="generating", unit="batch", disable=not progress):
-        count = min(batch_size, n - start)
-        result = model.generate(
-            count, seed=seed + start, return_steps=save_steps, batch_size=count, **decode_kwargs
-        )
-        for offset, image in enumerate(result.images):
-            stem = f"{prefix}_{start + offset:0{digits}d}"
-            written.append(save_png(image, out / f"{stem}.png"))
-            if save_steps:
-                save_step_visuals(
-                    out / STEPS_FOLDER,
-                    stem,
-                    blank,
-                    image,
-                    result.steps[offset],
-                    start_mask=result.token_masks[offset],
-                )
-    return written

@@ -4,20 +4,18 @@ THE MASK CONVENTION (used everywhere in this package):
     A token mask is a bool tensor (B, N) or (B, h, w) where True means "unknown / to be
     generated" (the token is replaced by [MASK]); False means "known / kept".
     A pixel mask is a bool tensor (B, H, W) where True means "repaint this pixel".
-Mask *files* come in two conventions (white = repaint, as in diffusers and LaMa, the
-default; or white = keep, as in the course lab); `pixel_mask_from_array` converts either
-into the convention above.
+Mask *files* and images come in two conventions (white = repaint, as in diffusers and LaMa,
+the default; or white = keep, as in the course lab, i.e. the university course's MaskGIT
+assignment this package grew from); `maskgit.reader` converts either into the convention
+above.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from maskgit.schedule import gamma
-
-MASK_CONVENTIONS = ("white-repaint", "white-keep")
 
 
 def random_token_mask(
@@ -85,36 +83,21 @@ def masked_token_loss(
     targets: torch.Tensor,
     mask: torch.Tensor,
     label_smoothing: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Cross-entropy on masked positions only, averaged over all masked tokens of the batch.
+    """Cross-entropy on masked positions only, averaged over all masked tokens of the batch
+    (`reduction="sum"`: summed, as training does before dividing by the global count).
 
     logits (B, N, K), targets (B, N) int64, mask (B, N) bool with True = masked.
     """
-    return F.cross_entropy(logits[mask].float(), targets[mask], label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        logits[mask].float(), targets[mask], label_smoothing=label_smoothing, reduction=reduction
+    )
 
 
 def apply_token_mask(tokens: torch.Tensor, mask: torch.Tensor, mask_token_id: int) -> torch.Tensor:
     """Replace the masked positions of `tokens` by `mask_token_id` (new tensor)."""
     return torch.where(mask, torch.full_like(tokens, mask_token_id), tokens)
-
-
-def pixel_mask_from_array(array: np.ndarray, convention: str = "white-repaint") -> torch.Tensor:
-    """A mask image (H, W) or (H, W, C), any dtype, -> bool (H, W), True = repaint.
-
-    Values are scaled to [0, 1] (uint8 by 255) and thresholded at 0.5; colour masks use
-    their mean over channels. `convention` says what white means in the file.
-    """
-    if convention not in MASK_CONVENTIONS:
-        raise ValueError(
-            f"unknown mask convention {convention!r}; valid: {', '.join(MASK_CONVENTIONS)}"
-        )
-    values = np.asarray(array, dtype=np.float32)
-    if np.issubdtype(np.asarray(array).dtype, np.integer) or values.max(initial=0) > 1.0:
-        values = values / 255.0
-    if values.ndim == 3:
-        values = values.mean(axis=2)
-    white = torch.from_numpy(values >= 0.5)
-    return white if convention == "white-repaint" else ~white
 
 
 def pixel_to_token_mask(pixel_mask: torch.Tensor, downsample: int) -> torch.Tensor:

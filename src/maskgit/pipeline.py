@@ -1,11 +1,11 @@
 """MaskGIT pipeline: tokenizer + transformer -> inpaint, outpaint, generate.
 
-Inputs may be PIL images, numpy arrays (H, W, 3) uint8 or torch tensors (3, H, W), uint8 or
-float in [0, 1]; masks may be PIL images / arrays (read with `mask_convention`, thresholded at
-0.5) or bool tensors (H, W) in the package convention (True = repaint). Images of another
-size than the model's are resized to it (bicubic, aspect ratio not kept) and results come
-out at the model's resolution; masks are resized so that a model pixel is repainted when any
-mask pixel under it is (a thin stroke never vanishes). Outputs are PIL images.
+Inputs may be PIL images, NumPy arrays or torch tensors, read by `maskgit.reader` (its
+docstring has the rules for dtypes, transparency and resizing); masks likewise, with
+`mask_convention` for mask images, or bool arrays/tensors (H, W) in the package convention
+(True = repaint). Results come out at the model's resolution as PIL images. Decoding is set
+by a `maskgit.options.DecodingOptions` (default DEFAULT_DECODING, the shipped model's best)
+and/or its fields as keywords (`model.inpaint(image, mask, steps=12)`).
 """
 
 from __future__ import annotations
@@ -21,21 +21,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from maskgit.checkpoint import CheckpointError, load_model
-from maskgit.data import to_model_range, to_rgb, to_uint8
-from maskgit.decoding import DecodeStep, check_decode_args, decode
+from maskgit.data import to_model_range, to_uint8
+from maskgit.decoding import DecodeStep, StepCallback, decode
 from maskgit.fill import classical_fill
-from maskgit.masking import pixel_mask_from_array, pixel_to_token_mask
+from maskgit.masking import pixel_to_token_mask
+from maskgit.options import DecodingOptions, resolve
+from maskgit.reader import ImageLike, image_tensor, mask_tensor
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "emoji-demo"
 MASKED_PIXEL_VALUE = 255  # canvas colour of unknown pixels (outpaint, generate, previews)
-# What the encoder sees in the hole: a classical fill (default) or plain white. The encoder's
-# receptive field spans several tokens, so the hole's content changes the *known* tokens
-# around it, which the transformer only ever saw computed from whole real images.
-PREFILLS = ("telea", "white")
-
-ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -106,54 +102,6 @@ class MaskGIT:
     def downsample(self) -> int:
         return self.tokenizer.cfg.downsample
 
-    # ------------------------------------------------------------------ conversions
-
-    def _image_tensor(self, image: ImageLike) -> torch.Tensor:
-        """Any accepted image -> uint8 (3, S, S) at the model's size S."""
-        if isinstance(image, Image.Image):
-            array = np.asarray(to_rgb(image))
-        elif isinstance(image, np.ndarray):
-            array = image
-            if array.dtype != np.uint8:  # float in [0, 1] (before any RGBA conversion)
-                array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-            if array.ndim == 3 and array.shape[2] == 4:
-                array = np.asarray(to_rgb(Image.fromarray(array, "RGBA")))
-        elif isinstance(image, torch.Tensor):
-            tensor = image.detach().cpu()
-            if tensor.is_floating_point():
-                tensor = (tensor.clamp(0, 1) * 255).round().to(torch.uint8)
-            array = tensor.permute(1, 2, 0).numpy() if tensor.ndim == 3 else tensor.numpy()
-        else:
-            raise TypeError(f"unsupported image type {type(image).__name__}")
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.shape[2] == 1:  # grayscale
-            array = np.repeat(array, 3, axis=2)
-        array = array[..., :3]
-        size = self.image_size
-        if array.shape[:2] != (size, size):
-            array = np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC))
-        return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)  # a copy
-
-    def _mask_tensor(self, mask: ImageLike, convention: str) -> torch.Tensor:
-        """Any accepted mask -> bool (S, S), True = repaint."""
-        if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
-            result = mask.cpu()
-        else:
-            if isinstance(mask, Image.Image):
-                mask = np.asarray(mask.convert("L"))
-            elif isinstance(mask, torch.Tensor):
-                mask = mask.detach().cpu().float().numpy()
-            result = pixel_mask_from_array(np.asarray(mask), convention)
-        size = self.image_size
-        if tuple(result.shape) != (size, size):
-            # "area" averages the source pixels under each model pixel: > 0 keeps every
-            # pixel to repaint (nearest would drop thin strokes when shrinking a mask)
-            result = (
-                F.interpolate(result[None, None].float(), size=(size, size), mode="area")[0, 0] > 0
-            )
-        return result
-
     # ------------------------------------------------------------------ decoding
 
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -179,49 +127,40 @@ class MaskGIT:
         return torch.cat(out)
 
     @torch.no_grad()
-    def fill_tokens(
+    def decode_batch(
         self,
         images: torch.Tensor,
         pixel_masks: torch.Tensor,
+        options: DecodingOptions,
         *,
-        steps: int = 12,
-        schedule: str = "cosine",
-        sweet_spot: int | None = None,
-        temperature: float = 1.0,
-        choice_temperature: float = 4.5,
-        top_k: int | None = None,
-        seed: int = 0,
         first_index: int = 0,
         return_steps: bool = False,
-        prefill: str = "telea",
         context: torch.Tensor | None = None,
+        on_step: StepCallback | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[DecodeStep]]:
-        """Core of inpaint: uint8 images (B,3,S,S) + bool masks (B,S,S) -> decoded uint8 images.
+        """The decoder's images for uint8 images (B,3,S,S) with bool masks (B,S,S), no paste.
 
-        The hole is pre-filled by `prefill` (one of PREFILLS) before encoding; `context`
-        (uint8 (B,3,S,S)), when given, is encoded instead (for diagnostics, e.g. the ground
-        truth: the best context there can be). Image i uses seed + first_index + i, so
+        The hole is pre-filled by `options.prefill` before encoding; `context` (uint8
+        (B,3,S,S)), when given, is encoded instead (for diagnostics, e.g. the ground truth:
+        the best context there can be). Image i uses options.seed + first_index + i, so
         results do not depend on the batching.
-        Returns (decoded images, token masks (B, h, w), step records).
+        Returns (decoded images, token masks (B, h, w), step records when `return_steps`).
         """
-        check_prefill(prefill)
-        filled = classical_fill(prefill, images, pixel_masks) if context is None else context
-        tokens = self.tokenizer.encode(to_model_range(filled).to(self.device))  # (B, h, w)
+        if context is None:
+            context = classical_fill(options.prefill, images, pixel_masks)
+        tokens = self.tokenizer.encode(to_model_range(context).to(self.device))  # (B, h, w)
         unknown = pixel_to_token_mask(pixel_masks, self.downsample).to(self.device)
-        gens = [torch.Generator().manual_seed(seed + first_index + i) for i in range(len(images))]
+        first = options.seed + first_index
+        gens = [torch.Generator().manual_seed(first + i) for i in range(len(images))]
         final, records = decode(
             tokens.flatten(1),
             unknown.flatten(1),
             self._logits,
             self.transformer.cfg.mask_token_id,
-            steps=steps,
-            sweet_spot=sweet_spot,
-            schedule=schedule,
-            temperature=temperature,
-            choice_temperature=choice_temperature,
-            top_k=top_k,
+            options,
             generator=gens,
             record_steps=return_steps,
+            on_step=on_step,
         )
         return self._decode_images(final), unknown.cpu(), records
 
@@ -229,60 +168,41 @@ class MaskGIT:
         self,
         images: ImageLike | Sequence[ImageLike],
         masks: ImageLike | Sequence[ImageLike],
+        options: DecodingOptions | None = None,
         *,
-        steps: int = 12,
-        schedule: str = "cosine",
-        sweet_spot: int | None = None,
-        temperature: float = 1.0,
-        choice_temperature: float = 4.5,
-        top_k: int | None = None,
-        seed: int = 0,
         return_steps: bool = False,
         mask_convention: str = "white-repaint",
         feather: int = 0,
         batch_size: int = 32,
-        prefill: str = "telea",
+        on_step: StepCallback | None = None,
+        **changes: Any,
     ) -> InpaintResult:
         """Repaint the masked pixels of each image; pixels outside the mask stay exact.
 
-        `feather` > 0 blends the generated content into the hole over that many pixels
-        inside the mask edge (outside the mask nothing changes). `prefill` is what the
-        tokenizer sees in the hole (PREFILLS; "telea" scored best, docs/model-card.md).
+        `options` (default DEFAULT_DECODING) with keyword `changes` (its field names) say
+        how to decode. `feather` > 0 blends the generated content into the hole over that
+        many pixels inside the mask edge (outside the mask nothing changes). `on_step` sees
+        every decoding step of every batch (maskgit.decoding.DecodeStep).
         """
-        check_options(
-            batch_size=batch_size,
-            feather=feather,
-            steps=steps,
-            sweet_spot=sweet_spot,
-            schedule=schedule,
-            temperature=temperature,
-            choice_temperature=choice_temperature,
-            top_k=top_k,
-            seed=seed,
-            prefill=prefill,
-        )
+        options = resolve(options, **changes)
+        check_run_options(batch_size=batch_size, feather=feather)
         images, masks = _as_list(images), _as_list(masks, item_ndim=2)
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
+        size = self.image_size
         result = InpaintResult([])
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self._image_tensor(x) for x in images[start : start + batch_size]])
+            batch = torch.stack([image_tensor(x, size) for x in images[start : start + batch_size]])
             pmask = torch.stack(
-                [self._mask_tensor(m, mask_convention) for m in masks[start : start + batch_size]]
+                [mask_tensor(m, size, mask_convention) for m in masks[start : start + batch_size]]
             )
-            decoded, token_masks, records = self.fill_tokens(
+            decoded, token_masks, records = self.decode_batch(
                 batch,
                 pmask,
-                steps=steps,
-                schedule=schedule,
-                sweet_spot=sweet_spot,
-                temperature=temperature,
-                choice_temperature=choice_temperature,
-                top_k=top_k,
-                seed=seed,
+                options,
                 first_index=start,
                 return_steps=return_steps,
-                prefill=prefill,
+                on_step=on_step,
             )
             merged = paste_known(batch, decoded, pmask, feather)
             result.images += [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in merged]
@@ -310,79 +230,81 @@ class MaskGIT:
         self,
         images: ImageLike | Sequence[ImageLike],
         box: tuple[int, int, int, int] | None = None,
+        options: DecodingOptions | None = None,
         **kwargs: Any,
     ) -> InpaintResult:
         """Place each image inside `box` (x0, y0, x1, y1) of the model canvas; generate the rest.
 
-        Default box: the central half of the canvas. Limits: the canvas is the model's
-        resolution (no sliding window), so the given content is shrunk to fit the box.
+        Default box: the central half of the canvas (`outpaint_box`). Limits: the canvas is
+        the model's resolution (no sliding window), so the given content is shrunk to fit
+        the box. Other arguments as `inpaint`.
         """
         size = self.image_size
-        x0, y0, x1, y1 = box or (size // 4, size // 4, size - size // 4, size - size // 4)
-        if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
-            raise ValueError(f"outpaint box {(x0, y0, x1, y1)} must lie inside 0..{size}")
-        canvases, masks = [], []
-        for image in _as_list(images):
-            content = self._image_tensor(image)
-            small = F.interpolate(
-                content[None].float(),
-                size=(y1 - y0, x1 - x0),
-                mode="bicubic",
-                align_corners=False,
-                antialias=True,
-            )[0]
-            canvas = torch.full_like(content, MASKED_PIXEL_VALUE)
-            canvas[:, y0:y1, x0:x1] = small.round().clamp(0, 255).to(torch.uint8)
-            mask = torch.ones(size, size, dtype=torch.bool)
-            mask[y0:y1, x0:x1] = False
-            canvases.append(canvas)
-            masks.append(mask)
-        return self.inpaint(canvases, masks, **kwargs)
+        box = outpaint_box(size, box)
+        pairs = [outpaint_canvas(image_tensor(image, size), box) for image in _as_list(images)]
+        canvases, masks = [c for c, _ in pairs], [m for _, m in pairs]
+        return self.inpaint(canvases, masks, options, **kwargs)
 
-    def generate(self, n: int, **kwargs: Any) -> InpaintResult:
-        """Generate `n` images from nothing (every token unknown)."""
+    def generate(
+        self, n: int, options: DecodingOptions | None = None, **kwargs: Any
+    ) -> InpaintResult:
+        """Generate `n` images from nothing (every token unknown); other arguments as
+        `inpaint`."""
         if n < 1:
             raise ValueError(f"n={n}: expected at least 1 image")
         size = self.image_size
         blank = torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8)
         full = torch.ones(size, size, dtype=torch.bool)
-        return self.inpaint([blank] * n, [full] * n, **kwargs)
+        return self.inpaint([blank] * n, [full] * n, options, **kwargs)
 
 
-def check_options(
-    *,
-    batch_size: int = 32,
-    feather: int = 0,
-    steps: int = 12,
-    sweet_spot: int | None = None,
-    schedule: str = "cosine",
-    temperature: float = 1.0,
-    choice_temperature: float = 4.5,
-    top_k: int | None = None,
-    seed: int = 0,
-    prefill: str = "telea",
-) -> None:
-    """Validate decoding and run options (ValueError naming the option); defaults as MaskGIT's."""
-    check_decode_args(steps, sweet_spot, schedule)
-    check_prefill(prefill)
-    if batch_size < 1:
+def outpaint_box(
+    size: int, box: Sequence[int] | None = None, pad: int | None = None
+) -> tuple[int, int, int, int]:
+    """Where the given content goes on a size x size canvas: `box` (x0, y0, x1, y1), or a
+    margin of `pad` pixels on every side, or (neither) the central half of the canvas."""
+    if box is not None and pad is not None:
+        raise ValueError("give an outpaint box or a pad, not both")
+    if pad is not None:
+        if not 0 < pad < size / 2:
+            raise ValueError(f"pad={pad}: expected 1 to {(size - 1) // 2} pixels (canvas {size})")
+        box = (pad, pad, size - pad, size - pad)
+    if box is None:
+        box = (size // 4, size // 4, size - size // 4, size - size // 4)
+    if len(box) != 4:
+        raise ValueError(f"outpaint box {tuple(box)}: expected 4 numbers x0 y0 x1 y1")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+        raise ValueError(f"outpaint box {(x0, y0, x1, y1)} must lie inside 0..{size}")
+    return x0, y0, x1, y1
+
+
+def outpaint_canvas(
+    content: torch.Tensor, box: tuple[int, int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 content (3, S, S) shrunk into `box` of a blank canvas -> (canvas, bool mask
+    (S, S), True = to generate: everything outside the box)."""
+    x0, y0, x1, y1 = box
+    small = F.interpolate(
+        content[None].float(),
+        size=(y1 - y0, x1 - x0),
+        mode="bicubic",
+        align_corners=False,
+        antialias=True,
+    )[0]
+    canvas = torch.full_like(content, MASKED_PIXEL_VALUE)
+    canvas[:, y0:y1, x0:x1] = small.round().clamp(0, 255).to(torch.uint8)
+    mask = torch.ones(content.shape[1:], dtype=torch.bool)
+    mask[y0:y1, x0:x1] = False
+    return canvas, mask
+
+
+def check_run_options(*, batch_size: int = 32, feather: int = 0) -> None:
+    """Validate the options of a run besides decoding (ValueError naming the option)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected at least 1")
-    if feather < 0:
+    if isinstance(feather, bool) or not isinstance(feather, int) or feather < 0:
         raise ValueError(f"feather={feather}: expected 0 (no feathering) or more pixels")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature}: expected >= 0 (0 = argmax)")
-    if choice_temperature < 0:
-        raise ValueError(f"choice_temperature={choice_temperature}: expected >= 0")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k}: expected at least 1")
-    if seed < 0:
-        raise ValueError(f"seed={seed}: expected >= 0")
-
-
-def check_prefill(prefill: str) -> None:
-    """ValueError unless `prefill` is one of PREFILLS."""
-    if prefill not in PREFILLS:
-        raise ValueError(f"prefill={prefill!r}: expected one of {', '.join(PREFILLS)}")
 
 
 def paste_known(

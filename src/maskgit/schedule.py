@@ -2,7 +2,8 @@
 
 Every schedule satisfies gamma(0) = 1, gamma(1) = 0, is non-increasing and stays in [0, 1].
 One implementation serves training (how many tokens to mask) and decoding (how many tokens
-stay masked after each step). This module imports nothing from the package.
+stay masked after each step). The names and their check live in maskgit.options (which
+needs no torch); nothing else of the package is imported.
 
 Names:
     linear       1 - r
@@ -19,25 +20,12 @@ N is the number of tokens (default 256) for the two schedules that depend on it.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
-SCHEDULE_NAMES = ("linear", "cosine", "lab-cosine", "square", "power-K", "log", "exp")
-_POWER = re.compile(r"^power-(\d+(?:\.\d+)?)$")
+from maskgit.options import POWER_PATTERN, SCHEDULE_NAMES, validate_schedule
 
-
-def validate_schedule(name: str) -> str:
-    """Return `name` if it names a schedule, else raise ValueError listing the valid names."""
-    if name in SCHEDULE_NAMES and name != "power-K":
-        return name
-    match = _POWER.match(name)
-    if match and float(match.group(1)) > 0:
-        return name
-    raise ValueError(
-        f"unknown mask schedule {name!r}; valid: {', '.join(SCHEDULE_NAMES)} "
-        "(power-K with a number K > 0, e.g. power-3)"
-    )
+__all__ = ["SCHEDULE_NAMES", "gamma", "validate_schedule"]
 
 
 def gamma(name: str, r: torch.Tensor | float, num_tokens: int = 256) -> torch.Tensor:
@@ -58,7 +46,7 @@ def gamma(name: str, r: torch.Tensor | float, num_tokens: int = 256) -> torch.Te
         n = max(num_tokens, 2)
         out = (1.0 - torch.exp2(-math.log2(n) * (1.0 - r))) / (1.0 - 1.0 / n)
     else:
-        exponent = float(_POWER.match(name).group(1))
+        exponent = float(POWER_PATTERN.match(name).group(1))
         out = 1.0 - r**exponent
     # Exact ends: cos(pi/2) is 6e-17 in floating point, not 0.
     out = torch.where(r >= 1.0, torch.zeros_like(out), out)

@@ -41,7 +41,12 @@ from maskgit.checkpoint import CheckpointError, load_state, save_model, save_sta
 from maskgit.config import ConfigError, Preset, TrainingConfig, to_dict
 from maskgit.data import TensorImages, TokenDataset, split_indices, to_uint8
 from maskgit.fileio import atomic_write
-from maskgit.masking import apply_token_mask, random_token_mask, region_token_mask
+from maskgit.masking import (
+    apply_token_mask,
+    masked_token_loss,
+    random_token_mask,
+    region_token_mask,
+)
 from maskgit.schedule import validate_schedule
 from maskgit.tokenizer.losses import (
     PerceptualLoss,
@@ -172,11 +177,8 @@ class TransformerTask:
     def step(self, batch, step, rng, offset, global_batch) -> StepOutput:
         inputs, mask = self._masked_batch(batch, rng, offset, global_batch)
         logits = self.nets["transformer"](inputs)  # (B, N, K)
-        loss_sum = F.cross_entropy(
-            logits[mask].float(),
-            batch[mask],
-            reduction="sum",
-            label_smoothing=self.cfg.label_smoothing,
+        loss_sum = masked_token_loss(
+            logits, batch, mask, label_smoothing=self.cfg.label_smoothing, reduction="sum"
         )
         count = mask.sum().float()
         accuracy = (logits[mask].argmax(-1) == batch[mask]).float().mean().item()
