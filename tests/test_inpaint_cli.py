@@ -279,6 +279,10 @@ def test_unreadable_ground_truth_is_found_before_writing(capsys, lab, model_dir)
         (["--top-k", "0"], ["top_k=0"]),
         (["--feather", "-1"], ["feather=-1"]),
         (["--mask-convention", "black"], ["white-repaint, white-keep"]),
+        (["--temperature", "nan"], ["temperature=nan", "finite"]),
+        (["--temperature", "inf"], ["temperature=inf", "finite"]),
+        (["--choice-temperature", "nan"], ["choice_temperature=nan", "finite"]),
+        (["--steps", "many"], ["steps='many'", "whole number"]),
     ],
 )
 def test_bad_options_are_one_line_exit_2(capsys, lab, model_dir, options, fragments):
@@ -387,3 +391,87 @@ def test_prefill_choices_change_the_result(capsys, lab, model_dir, tmp_path):
         outputs[prefill] = [read(path) for path in sorted(out.glob("*.png"))]
     assert len(outputs["telea"]) == len(outputs["white"]) > 0
     assert any((a != b).any() for a, b in zip(outputs["telea"], outputs["white"], strict=True))
+
+
+# --------------------------------------------------------------------------- images read right
+
+
+def test_a_16_bit_png_is_scaled_not_clipped(capsys, tmp_path, model_dir):
+    Image.fromarray(np.full((SIZE, SIZE), 30000, np.uint16)).save(tmp_path / "deep.png")
+    write_mask(tmp_path / "mask.png", hole())
+    code, _, err = run(
+        capsys,
+        "inpaint",
+        "--images",
+        str(tmp_path / "deep.png"),
+        "--masks",
+        str(tmp_path / "mask.png"),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        str(model_dir),
+    )
+    assert code == 0, err
+    kept = read(tmp_path / "out" / "deep.png")[~hole()]
+    assert (kept == round(30000 / 65535 * 255)).all()  # 117, not 255
+
+
+def test_a_mask_drawn_on_the_image_as_displayed_fits_a_rotated_photo(capsys, tmp_path, model_dir):
+    stored = np.zeros((SIZE // 2, SIZE, 3), np.uint8)  # 16 wide, 8 high as stored
+    stored[:, : SIZE // 4] = 255  # left as stored = top as displayed (Orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    shown = np.zeros((SIZE, SIZE // 2), bool)  # drawn on the displayed picture: 8 wide, 16 high
+    shown[-4:, :] = True  # repaint the bottom, black as displayed
+    write_mask(tmp_path / "mask.png", shown)
+    code, _, err = run(
+        capsys,
+        "inpaint",
+        "--images",
+        str(tmp_path / "phone.png"),
+        "--masks",
+        str(tmp_path / "mask.png"),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        str(model_dir),
+    )
+    assert code == 0, err
+    result = read(tmp_path / "out" / "phone.png")  # 16 x 16 (the model's size)
+    assert (result[:3] == 255).all()  # the top, white as displayed, is kept
+
+
+def test_outpaint_command(capsys, tmp_path, model_dir):
+    write_image(tmp_path / "images" / "a.png", seed=1)
+    write_image(tmp_path / "images" / "b.png", seed=2)
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--model", str(model_dir), "--steps", "3"]
+    code, stdout, err = run(
+        capsys, "outpaint", "--images", str(tmp_path / "images"), "--pad", "4", *common
+    )
+    assert code == 0, err
+    assert "wrote 2 outpainted images" in stdout
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
+    from maskgit.pipeline import MaskGIT
+
+    model = MaskGIT.from_pretrained(model_dir, device="cpu")
+    with Image.open(tmp_path / "images" / "b.png") as image:
+        expected = model.outpaint([image], (4, 4, 12, 12), steps=3, seed=1).images[0]
+    assert np.array_equal(read(out / "b.png"), np.asarray(expected))  # image i uses seed + i
+    for bad, fragment in (
+        (["--pad", "9"], "pad=9"),
+        (["--box", "0", "0", "20", "8"], "must lie inside"),
+        (["--pad", "2", "--box", "0", "0", "8", "8"], "--box and --pad"),
+    ):
+        code, _, err = run(
+            capsys,
+            "outpaint",
+            "--images",
+            str(tmp_path / "images"),
+            *bad,
+            *common[:1],
+            str(tmp_path / "other"),
+            *common[2:],
+        )
+        assert_usage_error(code, err, fragment)

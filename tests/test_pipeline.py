@@ -284,3 +284,13 @@ def test_float_and_grayscale_inputs(model):
     out = np.asarray(model.inpaint(gray, empty).images[0])
     expected = (gray[0].numpy() * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(out, np.repeat(expected[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16])
+def test_integer_images_of_any_dtype_mean_the_same_picture(model, dtype):
+    image = random_images(1, seed=9)[0]  # uint8 (H, W, 3)
+    scale = 257 if dtype == np.uint16 else 1  # uint16 images span 0..65535
+    other = (np.asarray(image).astype(dtype) * scale).astype(dtype)
+    want = model.inpaint(image, box_mask(), steps=3).images[0]
+    got = model.inpaint(other, box_mask(), steps=3).images[0]
+    assert np.array_equal(np.asarray(got), np.asarray(want))

@@ -368,3 +368,126 @@ def test_serve_command_is_registered():
     args = build_parser().parse_args(["serve", "--port", "0", "--model", "somewhere"])
     assert args.command == "serve" and args.port == 0 and args.host == "127.0.0.1"
     assert args.model == "somewhere"
+
+
+# --------------------------------------------------------------------------- one way in (#16, #17)
+
+SAME = {"steps": "3", "schedule": "cosine", "seed": "2"}  # spelled out: older builds agree
+
+
+def stroke_on_transparent(size: int = SIZE) -> np.ndarray:
+    """What a browser or an image editor writes: a white stroke on a transparent layer
+    (transparent pixels are (0, 0, 0, 0) here, or white with alpha 0 from some editors)."""
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[: size // 2, :] = (255, 255, 255, 0)  # invisible white: still not painted
+    rgba[size // 2 - 2 : size // 2 + 2, 2:-2] = (255, 255, 255, 255)
+    return rgba
+
+
+def test_a_transparent_mask_file_gives_the_same_mask_on_every_way_in(
+    base, model_dir, tmp_path, capsys
+):
+    from maskgit.cli import main
+    from maskgit.pipeline import MaskGIT
+
+    image, mask = make_image(SIZE), stroke_on_transparent()
+    stroke = mask[..., 3] == 255
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "x.png")
+    Image.fromarray(mask, "RGBA").save(tmp_path / "mask.png")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SAME.items()]
+    code = main(
+        ["inpaint", "--images", str(tmp_path / "in"), "--masks", str(tmp_path / "mask.png")]
+        + ["--out", str(tmp_path / "out"), "--model", str(model_dir), "--device", "cpu"]
+        + ["--no-progress", *flags]
+    )
+    assert code == 0, capsys.readouterr().err
+    with Image.open(tmp_path / "out" / "x.png") as done:
+        cli = np.asarray(done.convert("RGB"))
+    model = MaskGIT.from_pretrained(model_dir, device="cpu")
+    with Image.open(tmp_path / "mask.png") as painted:
+        python = np.asarray(
+            model.inpaint(image, painted, steps=3, schedule="cosine", seed=2).images[0]
+        )
+    status, answer = submit_inpaint(base, png(image), (tmp_path / "mask.png").read_bytes(), **SAME)
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    assert job["status"] == "done", job
+    web = from_data_url(job["result"]["images"][0]["image"])
+    assert np.array_equal(from_data_url(job["result"]["mask"]) > 0, stroke)
+    for name, result in (("cli", cli), ("python", python), ("web", web)):
+        assert np.array_equal(result[~stroke], image[~stroke]), f"{name} repainted kept pixels"
+    assert np.array_equal(cli, python) and np.array_equal(python, web)
+
+
+def test_the_page_starts_at_the_default_decoding(base):
+    from maskgit.options import DEFAULT_DECODING
+
+    status, info = request("GET", f"{base}/api/health")
+    assert status == 200 and info["decoding"] == DEFAULT_DECODING.as_dict()
+    status, defaults = request("GET", f"{base}/api/defaults")
+    assert defaults == DEFAULT_DECODING.as_dict()
+    status, answer = submit_inpaint(base, png(make_image(16)), png(centre_mask()), steps="")
+    job = wait_job(base, answer["job_id"])
+    assert job["params"]["steps"] == DEFAULT_DECODING.steps  # empty = the default
+    assert job["progress"] == {"done": DEFAULT_DECODING.steps, "total": DEFAULT_DECODING.steps}
+
+
+@pytest.mark.parametrize("value", ["1e-320", "5e-324"])
+def test_a_temperature_that_underflows_is_argmax(base, value):
+    status, answer = submit_inpaint(
+        base, png(make_image(16)), png(centre_mask()), temperature=value, choice_temperature=value
+    )
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    assert job["status"] == "done", job
+    assert job["params"]["temperature"] == 0.0 and job["params"]["choice_temperature"] == 0.0
+
+
+@pytest.mark.parametrize("field", ["temperature", "choice_temperature"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_temperatures_are_refused(base, field, value):
+    status, answer = submit_inpaint(base, png(make_image(16)), png(centre_mask()), **{field: value})
+    assert status == 400 and f"{field}={value}" in answer["error"], answer
+
+
+def test_a_16_bit_upload_is_scaled_not_clipped(base):
+    deep = io.BytesIO()
+    Image.fromarray(np.full((SIZE, SIZE), 30000, np.uint16)).save(deep, format="PNG")
+    status, answer = submit_inpaint(base, deep.getvalue(), png(centre_mask()))
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    kept = from_data_url(job["result"]["images"][0]["image"])[centre_mask() == 0]
+    assert (kept == round(30000 / 65535 * 255)).all()  # 117, not 255
+
+
+def test_an_upload_is_used_as_the_browser_shows_it(base):
+    stored = np.zeros((SIZE // 2, SIZE, 3), np.uint8)  # wide as stored ...
+    stored[:, : SIZE // 4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... shown rotated by 90 degrees clockwise: tall, white on top
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="PNG", exif=exif)
+    status, answer = submit_inpaint(base, buffer.getvalue(), png(centre_mask()))
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    shown = from_data_url(job["result"]["input"])  # resized from 8x16 (w x h) to 16x16
+    assert shown[:3].min() == 255 and shown[-3:].max() == 0
+
+
+def test_outpaint_generates_around_the_shrunk_image(base):
+    status, answer = post_form(
+        f"{base}/api/outpaint", {**SAME, "pad": "4"}, {"image": ("in.png", png(make_image(16)))}
+    )
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    assert job["status"] == "done" and job["kind"] == "outpaint" and job["params"]["pad"] == 4
+    mask = from_data_url(job["result"]["mask"]) > 0
+    assert not mask[4:12, 4:12].any() and mask.sum() == SIZE * SIZE - 64
+    result = from_data_url(job["result"]["images"][0]["image"])
+    canvas = from_data_url(job["result"]["input"])
+    assert np.array_equal(result[4:12, 4:12], canvas[4:12, 4:12])
+    status, answer = post_form(
+        f"{base}/api/outpaint", {"pad": "9"}, {"image": ("in.png", png(make_image(16)))}
+    )
+    assert status == 400 and "pad=9" in answer["error"]

@@ -136,12 +136,11 @@ def unit_values(array: np.ndarray, what: str = "image") -> np.ndarray:
         return array.astype(np.float32) / top
     if np.issubdtype(dtype, np.floating):
         values = array.astype(np.float32)
-        if values.size and not (
-            np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
-        ):
+        if values.size and not np.isfinite(values).all():
+            raise ValueError(f"{what}: float values must be finite (NaN or infinity found)")
+        if values.size and (values.min() < 0 or values.max() > 1):
             raise ValueError(
-                f"{what}: float values must be finite and in [0, 1] (got "
-                f"{np.nanmin(values):g}..{np.nanmax(values):g})"
+                f"{what}: float values must be in [0, 1] (got {values.min():g}..{values.max():g})"
             )
         return values
     raise ValueError(

@@ -19,6 +19,7 @@
     job: null, // the last finished job
     selected: 0, // which image of the job the viewer shows
     playTimer: null,
+    defaultsShown: false, // the decoding controls start at the server's defaults once
   };
 
   const imageCanvas = $("image-canvas");
@@ -82,6 +83,7 @@
       setTimeout(pollHealth, 2000);
       return;
     }
+    applyDefaults(info.decoding);
     if (info.status === "ready") {
       state.imageSize = info.image_size;
       $("model-res").textContent = `${info.image_size}×${info.image_size}`;
@@ -298,13 +300,25 @@
 
   // ------------------------------------------------------------------ jobs
 
+  // Every decoding control carries data-option="<DecodingOptions field>": all are sent.
   function decodingFields(form) {
-    form.append("schedule", $("schedule").value);
-    form.append("steps", $("steps").value);
-    form.append("sweet_spot", $("sweet-spot").value);
-    form.append("temperature", $("temperature").value);
-    form.append("prefill", $("prefill").value);
-    form.append("seed", $("seed").value);
+    for (const control of document.querySelectorAll("[data-option]")) {
+      form.append(control.dataset.option, control.value);
+    }
+  }
+
+  // Start the controls at the server's defaults (DEFAULT_DECODING, the model card's best).
+  function applyDefaults(defaults) {
+    if (!defaults || state.defaultsShown) return;
+    state.defaultsShown = true;
+    for (const control of document.querySelectorAll("[data-option]")) {
+      const value = defaults[control.dataset.option];
+      control.value = value === null || value === undefined ? "" : String(value);
+    }
+    const text = Object.entries(defaults)
+      .map(([name, value]) => `${name.replace("_", " ")} ${value === null ? "–" : value}`)
+      .join(", ");
+    $("decoding-defaults").textContent = `Defaults (model card): ${text}.`;
   }
 
   $("random-seed").addEventListener("click", () => {
@@ -339,6 +353,7 @@
 
   function setButtons(enabled) {
     $("run-inpaint").disabled = !enabled;
+    $("run-outpaint").disabled = !enabled;
     $("run-generate").disabled = !enabled;
   }
 
@@ -387,6 +402,23 @@
     form.append("mask", await toBlob(mask.canvas), "mask.png");
     decodingFields(form);
     await submit("/api/inpaint", form);
+  });
+
+  $("outpaint-file").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) showImage(file, file.name);
+  });
+
+  $("run-outpaint").addEventListener("click", async () => {
+    if (!state.imageBlob) {
+      setStatus("upload an image or pick a sample first", "error");
+      return;
+    }
+    const form = new FormData();
+    form.append("image", state.imageBlob, state.imageName);
+    form.append("pad", $("outpaint-pad").value);
+    decodingFields(form);
+    await submit("/api/outpaint", form);
   });
 
   $("run-generate").addEventListener("click", async () => {
