@@ -80,14 +80,14 @@ def bench(preset_name: str, path: str, batch: int, warmup: int, steps: int, devi
             task,
             data,
             order[step * batch : (step + 1) * batch],
-            cfg,
-            Distributed(),
-            batch,
-            optimizer,
-            step,
-            warmup + steps,
-            device,
-            nullcontext(),
+            cfg=cfg,
+            ddp=Distributed(),
+            micro=batch,
+            optimizer=optimizer,
+            step=step,
+            total_steps=warmup + steps,
+            device=device,
+            autocast=nullcontext(),
         )
     if device.startswith("cuda"):
         torch.cuda.synchronize()

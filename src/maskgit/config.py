@@ -101,7 +101,6 @@ class TrainingConfig:
     ema_decay: float = 0.0  # 0 = no EMA weights
     seed: int = 0
     compile: bool = False
-    num_workers: int = 0
     save_every: int = 1  # epochs
     val_fraction: float = 0.05
     hflip: bool = False
@@ -219,6 +218,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
 
 
+# Keys that older config files (run folders, the shipped model's config.yaml) still hold and
+# that no code reads any more: accepted and ignored.
+RETIRED_KEYS = {"TrainingConfig": ("num_workers",)}
+
+
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     """Build dataclass `cls` from a dict; unknown keys and wrong types raise ConfigError."""
     data = data or {}
@@ -226,6 +230,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
+    data = {k: v for k, v in data.items() if k not in RETIRED_KEYS.get(cls.__name__, ())}
     unknown = sorted(set(data) - set(valid), key=str)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(

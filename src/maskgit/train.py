@@ -82,6 +82,10 @@ class TrainTask(Protocol):
         self, batch: torch.Tensor, step: int, rng: torch.Generator, offset: int, global_batch: int
     ) -> StepOutput: ...
     def evaluate(self, batch: torch.Tensor, rng: torch.Generator) -> dict[str, float]: ...
+    def after_step(self) -> tuple[dict[str, float], bool]:
+        """Called after each optimiser update: (metrics, whether weights were changed outside
+        autograd, e.g. re-seeded codes; under DDP the loop then gives every rank rank 0's)."""
+        ...
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -150,6 +154,10 @@ class TokenizerTask:
             "count": n,
         }
 
+    def after_step(self) -> tuple[dict[str, float], bool]:
+        metrics = self.model().after_optimizer_step()  # re-seeds dead codes when configured
+        return metrics, metrics.get("reseeded", 0.0) > 0
+
 
 class TransformerTask:
     """Masked visual token modelling: cross-entropy on masked positions only."""
@@ -194,6 +202,9 @@ class TransformerTask:
             "accuracy": (logits.argmax(-1) == targets).sum().item(),
             "count": float(mask.sum()),
         }
+
+    def after_step(self) -> tuple[dict[str, float], bool]:
+        return {}, False
 
 
 # --------------------------------------------------------------------------- the loop
@@ -366,12 +377,256 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.copy_(b)
 
 
+@dataclass
+class Position:
+    """Where a run is: optimiser steps done, the epoch and batch to do next, best val loss.
+
+    Saved in the state as a plain dict (`as_dict`), so states stay loadable as they were."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    best: float = float("inf")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "best": self.best}
+
+
+@dataclass
+class Run:
+    """One training run's moving parts, shared by the pieces of `fit`."""
+
+    task: TrainTask
+    cfg: TrainingConfig
+    out: Path
+    device: str
+    ddp: Distributed
+    micro: int  # items per micro-batch on this rank
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    ema: nn.Module | None
+    position: Position = field(default_factory=Position)
+    log: CsvLog | None = None
+    autocast: Any = field(default_factory=nullcontext)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    def shipped(self) -> nn.Module:
+        """The weights that are saved for inference: EMA when enabled."""
+        return self.ema or self.task.model()
+
+    def save(self, tag: str = "") -> None:
+        """`latest` (state + inference weights), and `<name>-<tag>` when tagged (rank 0)."""
+        if not self.ddp.main:
+            return
+        state = {
+            "modules": {n: unwrap(m).state_dict() for n, m in self.task.nets.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            **_rng_state(self.device),
+            "position": self.position.as_dict(),
+            "log_rows": self.log.rows if self.log is not None else 0,
+        }
+        save_state(state, self.state_path)
+        save_model(self.shipped(), self.out / f"{self.task.name}.safetensors")
+        if tag:
+            save_model(self.shipped(), self.out / f"{self.task.name}-{tag}.safetensors")
+
+
+def _micro_batch(cfg: TrainingConfig, ddp: Distributed, items: int) -> int:
+    """Items per micro-batch on one rank; TrainingError when the batch does not split."""
+    micro = cfg.batch_size // (cfg.grad_accum * ddp.world)
+    if micro * cfg.grad_accum * ddp.world != cfg.batch_size:
+        raise TrainingError(
+            f"batch_size={cfg.batch_size} is not divisible by grad_accum={cfg.grad_accum} x "
+            f"{ddp.world} process(es)"
+        )
+    if items < cfg.batch_size:
+        raise TrainingError(f"only {items} training items, fewer than batch_size={cfg.batch_size}")
+    return micro
+
+
+def build_optimizer(nets: dict[str, nn.Module], cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices and convolution kernels only (not biases, norms)."""
+    params = [p for net in nets.values() for p in net.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+
+
+def _resume(run: Run) -> int | None:
+    """Load `latest` into the run; returns the metrics.csv rows it had written."""
+    if not run.state_path.is_file():
+        raise FileNotFoundError(f"--resume: {run.state_path} not found (nothing to resume)")
+    state = load_state(run.state_path)
+    try:
+        for name, net in run.task.nets.items():
+            net.load_state_dict(state["modules"][name])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.ema is not None and state.get("ema") is not None:
+            run.ema.load_state_dict(state["ema"])
+        _set_rng_state(state)
+        run.position = Position(**state["position"])
+        return state.get("log_rows")
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        detail = " ".join(str(exc).split())  # torch's message spans one line per tensor
+        raise CheckpointError(
+            f"{run.state_path}: does not fit this run (another preset or --set than the run "
+            f"that wrote it?): {detail[:300]}{' ...' if len(detail) > 300 else ''}"
+        ) from exc
+
+
+def _prepare_folder(out: Path, preset: Preset | None) -> None:
+    """The run folder, without stale temp files, with config.yaml (rank 0, after the checks)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # temp files of writes cut short by a kill
+        if stale.name.startswith(
+            (f".{STATE_FILE}.", ".tokenizer", ".transformer", ".config", ".metrics")
+        ):
+            stale.unlink(missing_ok=True)
+    if preset is not None:
+        text = yaml.safe_dump(to_dict(preset), sort_keys=False)
+        atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(text))
+
+
+def _wrap_nets(task: TrainTask, ddp: Distributed, compile_nets: bool) -> None:
+    for name, net in task.nets.items():
+        if ddp.world > 1:
+            net = DistributedDataParallel(net)
+        task.nets[name] = torch.compile(net) if compile_nets else net
+
+
+def _apply_update(run: Run, metrics: dict[str, float], index: int, undo: list) -> None:
+    """optimizer.step(), EMA, the task's after-step hook and the position: all or nothing
+    (Ctrl-C is held until the end; then `undo` is already cleared: the step is done)."""
+    with _hold_sigint():
+        run.optimizer.step()
+        if run.ema is not None:
+            _ema_update(run.ema, run.task.model(), run.cfg.ema_decay)
+        hook_metrics, changed = run.task.after_step()
+        metrics.update(hook_metrics)
+        if run.ddp.world > 1:
+            flag = torch.tensor([float(changed)], device=run.device)
+            dist.all_reduce(flag)  # any rank changed weights outside autograd?
+            if flag.item() > 0:
+                _copy_from_main(run.task.model())
+        run.position.step += 1
+        run.position.batch = index + 1
+        undo.clear()
+
+
+def _run_epoch(run: Run, train_set, progress: bool, checkpoint_steps: int, undo: list) -> bool:
+    """Train the rest of the current epoch; False when stopped early by max_steps.
+
+    `undo` holds (RNG, buffers) from before the running step, for the Ctrl-C handler."""
+    pos, cfg = run.position, run.cfg
+    batches = _batches(len(train_set), cfg.batch_size, cfg.seed, pos.epoch)
+    bar = tqdm(
+        total=len(batches),
+        initial=pos.batch,
+        desc=f"epoch {pos.epoch + 1}",
+        disable=not (progress and run.ddp.main),
+        dynamic_ncols=True,
+    )
+    started, seen = time.perf_counter(), 0
+    for index in range(pos.batch, len(batches)):
+        if pos.step >= run.total_steps:
+            break
+        undo[:] = [(_rng_state(run.device), _buffers(run.task))]
+        metrics = _optimizer_step(
+            run.task,
+            train_set,
+            batches[index],
+            cfg=cfg,
+            ddp=run.ddp,
+            micro=run.micro,
+            optimizer=run.optimizer,
+            step=pos.step,
+            total_steps=run.total_steps,
+            device=run.device,
+            autocast=run.autocast,
+        )
+        _apply_update(run, metrics, index, undo)
+        seen += cfg.batch_size
+        metrics["images_per_s"] = seen / (time.perf_counter() - started)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
+        bar.update(1)
+        if pos.step % 10 == 0 or pos.step == 1:
+            run.log.write(pos.step, pos.epoch, "train", metrics)
+        if checkpoint_steps and pos.step % checkpoint_steps == 0:
+            run.save()
+    bar.close()
+    return pos.batch >= len(batches)
+
+
+def _end_epoch(run: Run, val_set, progress: bool) -> dict[str, float]:
+    """Validate, then write the epoch's files and `latest` saying the epoch is done."""
+    epoch = run.position.epoch
+    # interrupted during validation, `latest` still says "end of epoch, not validated"
+    val_metrics = _validate(run.task, run.ema, val_set, run.cfg, run.device, run.autocast, run.ddp)
+    if val_metrics:
+        run.log.write(run.position.step, epoch, "val", val_metrics)
+        if run.ddp.main and progress:
+            tqdm.write(
+                f"epoch {epoch + 1} validation: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
+            )
+    with _hold_sigint():  # the epoch's files, then `latest` saying the epoch is done
+        run.position.epoch, run.position.batch = epoch + 1, 0
+        if val_metrics and val_metrics["loss"] < run.position.best:
+            run.position.best = val_metrics["loss"]
+            if run.ddp.main:
+                save_model(run.shipped(), run.out / f"{run.task.name}-best.safetensors")
+        run.save(f"epoch{epoch + 1:03d}" if (epoch + 1) % run.cfg.save_every == 0 else "")
+    return val_metrics
+
+
+def _start(task: TrainTask, train_set, cfg: TrainingConfig, out: Path, device: str | None) -> Run:
+    """Devices, process group, checks, optimiser and EMA: a run at step 0 (nothing written)."""
+    device = pick_device(device)
+    ddp = init_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{ddp.local_rank}"
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg.seed)
+    micro = _micro_batch(cfg, ddp, len(train_set))
+    for net in task.nets.values():
+        net.to(device).train()
+    total_steps = cfg.epochs * (len(train_set) // cfg.batch_size)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    ema = copy.deepcopy(task.model()).eval().requires_grad_(False) if cfg.ema_decay else None
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    )
+    return Run(
+        task,
+        cfg,
+        out,
+        device,
+        ddp,
+        micro,
+        total_steps,
+        build_optimizer(task.nets, cfg),
+        ema,
+        autocast=autocast,
+    )
+
+
 def fit(
     task: TrainTask,
     train_set: torch.utils.data.Dataset,
     val_set: torch.utils.data.Dataset | None,
     cfg: TrainingConfig,
     out: str | Path,
+    *,
     preset: Preset | None = None,
     resume: bool = False,
     device: str | None = None,
@@ -381,187 +636,35 @@ def fit(
 ) -> dict[str, float]:
     """Train `task` on `train_set`; returns the last validation metrics.
 
-    `checkpoint_steps` > 0 also saves `latest` every that many optimiser steps.
+    Everything is checked (and `latest` loaded with `resume`) before anything is written.
+    `checkpoint_steps` > 0 also saves `latest` every that many optimiser steps;
+    `on_epoch_end(task, ema, epoch, out)` runs on rank 0 after each epoch's files.
     """
-    out = Path(out)
-    device = pick_device(device)
-    ddp = init_distributed(device)
-    if device == "cuda":
-        device = f"cuda:{ddp.local_rank}"
-        torch.cuda.set_device(device)
-    torch.manual_seed(cfg.seed)
-    micro = cfg.batch_size // (cfg.grad_accum * ddp.world)
-    if micro * cfg.grad_accum * ddp.world != cfg.batch_size:
-        raise TrainingError(
-            f"batch_size={cfg.batch_size} is not divisible by grad_accum={cfg.grad_accum} x "
-            f"{ddp.world} process(es)"
-        )
-    if len(train_set) < cfg.batch_size:
-        raise TrainingError(
-            f"only {len(train_set)} training items, fewer than batch_size={cfg.batch_size}"
-        )
-    for net in task.nets.values():
-        net.to(device).train()
-    params = [p for net in task.nets.values() for p in net.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=cfg.betas,
-    )
-    ema = copy.deepcopy(task.model()).eval().requires_grad_(False) if cfg.ema_decay else None
-    batches_per_epoch = len(train_set) // cfg.batch_size
-    total_steps = cfg.epochs * batches_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    position = {"step": 0, "epoch": 0, "batch": 0, "best": float("inf")}
-    log_rows = None  # metrics.csv rows written when the resumed state was saved
-    state_path = out / STATE_FILE
-    if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: {state_path} not found (nothing to resume)")
-        state = load_state(state_path)
-        try:
-            for name, net in task.nets.items():
-                net.load_state_dict(state["modules"][name])
-            optimizer.load_state_dict(state["optimizer"])
-            if ema is not None and state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            _set_rng_state(state)
-            position = state["position"]
-            log_rows = state.get("log_rows")
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            detail = " ".join(str(exc).split())  # torch's message spans one line per tensor
-            raise CheckpointError(
-                f"{state_path}: does not fit this run (another preset or --set than the run "
-                f"that wrote it?): {detail[:300]}{' ...' if len(detail) > 300 else ''}"
-            ) from exc
-    if ddp.main:  # only once the run can start (checks passed, `latest` loaded)
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # temp files of writes cut short by a kill
-            if stale.name.startswith(
-                (f".{STATE_FILE}.", ".tokenizer", ".transformer", ".config", ".metrics")
-            ):
-                stale.unlink(missing_ok=True)
-        if preset is not None:
-            text = yaml.safe_dump(to_dict(preset), sort_keys=False)
-            atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(text))
-    if ddp.world > 1:
-        for name, net in task.nets.items():
-            task.nets[name] = DistributedDataParallel(net)
-    if cfg.compile:
-        for name, net in task.nets.items():
-            task.nets[name] = torch.compile(net)
-
-    def save(tag: str = "") -> None:
-        if not ddp.main:
-            return
-        state = {
-            "modules": {n: unwrap(m).state_dict() for n, m in task.nets.items()},
-            "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            **_rng_state(device),
-            "position": dict(position),
-            "log_rows": log.rows,
-        }
-        save_state(state, state_path)
-        save_model(ema or task.model(), out / f"{task.name}.safetensors")
-        if tag:
-            save_model(ema or task.model(), out / f"{task.name}-{tag}.safetensors")
-
-    log = CsvLog(out, ddp.main)
-    log.keep_first(log_rows)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-    )
+    run = _start(task, train_set, cfg, Path(out), device)
+    log_rows = _resume(run) if resume else None
+    if run.ddp.main:  # only once the run can start (checks passed, `latest` loaded)
+        _prepare_folder(run.out, preset)
+    _wrap_nets(task, run.ddp, cfg.compile)
+    run.log = CsvLog(run.out, run.ddp.main)
+    run.log.keep_first(log_rows)
     val_metrics: dict[str, float] = {}
-    step_start = None  # (RNG, buffers) before the running step, to undo it on Ctrl-C
+    undo: list = []  # (RNG, buffers) before the running step, to undo it on Ctrl-C
     try:
-        while position["epoch"] < cfg.epochs and position["step"] < total_steps:
-            epoch = position["epoch"]
-            batches = _batches(len(train_set), cfg.batch_size, cfg.seed, epoch)
-            bar = tqdm(
-                total=len(batches),
-                initial=position["batch"],
-                desc=f"epoch {epoch + 1}",
-                disable=not (progress and ddp.main),
-                dynamic_ncols=True,
-            )
-            started, seen = time.perf_counter(), 0
-            for index in range(position["batch"], len(batches)):
-                if position["step"] >= total_steps:
-                    break
-                step_start = (_rng_state(device), _buffers(task))
-                metrics = _optimizer_step(
-                    task,
-                    train_set,
-                    batches[index],
-                    cfg,
-                    ddp,
-                    micro,
-                    optimizer,
-                    position["step"],
-                    total_steps,
-                    device,
-                    autocast,
-                )
-                with _hold_sigint():  # the update and its bookkeeping happen together or not
-                    optimizer.step()
-                    if ema is not None:
-                        _ema_update(ema, task.model(), cfg.ema_decay)
-                    hook = getattr(task.model(), "after_optimizer_step", None)
-                    if hook is not None:
-                        metrics.update(hook())
-                        if ddp.world > 1:
-                            _copy_from_main(task.model())
-                    position["step"] += 1
-                    position["batch"] = index + 1
-                    step_start = None
-                seen += cfg.batch_size
-                metrics["images_per_s"] = seen / (time.perf_counter() - started)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}"
-                )
-                bar.update(1)
-                if position["step"] % 10 == 0 or position["step"] == 1:
-                    log.write(position["step"], epoch, "train", metrics)
-                if checkpoint_steps and position["step"] % checkpoint_steps == 0:
-                    save()
-            bar.close()
-            if position["batch"] < len(batches):  # stopped by max_steps mid-epoch
-                save()
+        while run.position.epoch < cfg.epochs and run.position.step < run.total_steps:
+            if not _run_epoch(run, train_set, progress, checkpoint_steps, undo):
+                run.save()  # stopped by max_steps mid-epoch
                 break
-            # interrupted during validation, `latest` still says "end of epoch, not validated"
-            val_metrics = _validate(task, ema, val_set, cfg, device, autocast, ddp)
-            if val_metrics:
-                log.write(position["step"], epoch, "val", val_metrics)
-                if ddp.main and progress:
-                    tqdm.write(
-                        f"epoch {epoch + 1} validation: "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
-                    )
-            with _hold_sigint():  # the epoch's files, then `latest` saying the epoch is done
-                position["epoch"], position["batch"] = epoch + 1, 0
-                if val_metrics and val_metrics["loss"] < position["best"]:
-                    position["best"] = val_metrics["loss"]
-                    if ddp.main:
-                        save_model(ema or task.model(), out / f"{task.name}-best.safetensors")
-                tag = f"epoch{epoch + 1:03d}" if (epoch + 1) % cfg.save_every == 0 else ""
-                save(tag)
-            if on_epoch_end is not None and ddp.main:
-                on_epoch_end(task, ema, epoch + 1, out)
+            val_metrics = _end_epoch(run, val_set, progress)
+            if on_epoch_end is not None and run.ddp.main:
+                on_epoch_end(task, run.ema, run.position.epoch, run.out)
     except KeyboardInterrupt:
-        if step_start is not None:  # interrupted mid-step: save the state from before it
-            _set_rng_state(step_start[0])
-            _restore_buffers(task, step_start[1])
-        save()
-        if ddp.main:
+        if undo:  # interrupted mid-step: save the state from before it
+            _set_rng_state(undo[0][0])
+            _restore_buffers(task, undo[0][1])
+        run.save()
+        if run.ddp.main:
             tqdm.write(
-                f"interrupted: saved {state_path} at step {position['step']}; "
+                f"interrupted: saved {run.state_path} at step {run.position.step}; "
                 "continue with --resume"
             )
         raise
@@ -569,7 +672,7 @@ def fit(
 
 
 def _optimizer_step(
-    task, train_set, indices, cfg, ddp, micro, optimizer, step, total_steps, device, autocast
+    task, train_set, indices, *, cfg, ddp, micro, optimizer, step, total_steps, device, autocast
 ) -> dict[str, float]:
     """Forward/backward over grad_accum micro-batches of this rank's shard (and clipping);
     the caller then applies the update (`optimizer.step()`)."""
@@ -693,7 +796,17 @@ def train_tokenizer(
     preview = TensorImages(images[(val_idx or train_idx)[:8]])
     hook = recon_grid_hook(torch.stack([preview[i] for i in range(len(preview))]))
     return fit(
-        task, train_set, val_set, cfg, out, preset, resume, device, progress, hook, checkpoint_steps
+        task,
+        train_set,
+        val_set,
+        cfg,
+        out,
+        preset=preset,
+        resume=resume,
+        device=device,
+        progress=progress,
+        on_epoch_end=hook,
+        checkpoint_steps=checkpoint_steps,
     )
 
 
@@ -733,10 +846,9 @@ def train_transformer(
         TokenDataset(flat[val_idx]) if val_idx else None,
         cfg,
         out,
-        preset,
-        resume,
-        device,
-        progress,
-        None,
-        checkpoint_steps,
+        preset=preset,
+        resume=resume,
+        device=device,
+        progress=progress,
+        checkpoint_steps=checkpoint_steps,
     )
