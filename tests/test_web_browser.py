@@ -219,6 +219,16 @@ def test_inpaint_in_a_real_browser(tmp_path):
             assert "sweet_spot=9" in message, message
             page.fill("#sweet-spot", "")
 
+            # the controls started at DEFAULT_DECODING, which the page lists
+            assert "linear" in page.inner_text("#decoding-defaults")
+
+            # Outpaint tab: the loaded picture, shrunk into the middle, generated around
+            page.click("#tab-outpaint")
+            page.fill("#outpaint-pad", "4")
+            page.click("#run-outpaint")
+            page.wait_for_selector("#results[data-kind='outpaint']")
+            page.wait_for_selector("#status.ok")
+
             # Generate tab
             page.click("#tab-generate")
             page.fill("#gen-n", "4")
