@@ -258,10 +258,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _lab64() -> Preset:
-    """The course lab: 64x64 -> 16x16 tokens, 1024 codes, latent 256; 15-layer transformer."""
+    """The course lab: 64x64 -> 16x16 tokens, 1024 codes, latent 256; 15-layer transformer.
+
+    The transformer's defaults are the lab's; presets list only what differs from the
+    dataclass defaults."""
     return Preset(
         tokenizer=TokenizerConfig(
-            image_size=64,
             base_channels=128,
             channel_mult=(1, 1, 2),
             num_res_blocks=2,
@@ -269,27 +271,9 @@ def _lab64() -> Preset:
             codebook_size=1024,
             code_dim=256,
         ),
-        transformer=TransformerConfig(
-            codebook_size=1024,
-            num_tokens=256,
-            dim=768,
-            depth=15,
-            heads=16,
-            mlp_dim=1536,
-            dropout=0.1,
-            attn_dropout=0.1,
-            norm="post",
-        ),
-        tokenizer_training=TrainingConfig(epochs=100, batch_size=32, lr=1e-4, disc_start=10000),
-        transformer_training=TrainingConfig(
-            epochs=300,
-            batch_size=10,
-            lr=1e-4,
-            min_lr=1e-6,
-            betas=(0.9, 0.999),
-            mask_schedule="cosine",
-            grad_clip=0.0,
-        ),
+        transformer=TransformerConfig(norm="post"),
+        tokenizer_training=TrainingConfig(epochs=100, batch_size=32, disc_start=10000),
+        transformer_training=TrainingConfig(epochs=300, batch_size=10, grad_clip=0.0),
     )
 
 
@@ -300,9 +284,7 @@ def _emoji_demo() -> Preset:
     """
     return Preset(
         tokenizer=TokenizerConfig(
-            image_size=64,
             base_channels=32,
-            channel_mult=(1, 2, 2),
             num_res_blocks=1,
             latent_dim=64,
             codebook_size=512,
@@ -312,16 +294,13 @@ def _emoji_demo() -> Preset:
         ),
         transformer=TransformerConfig(
             codebook_size=512,
-            num_tokens=256,
             dim=192,
             depth=5,
             heads=6,
             mlp_dim=768,
-            dropout=0.1,
             attn_dropout=0.0,
         ),
         tokenizer_training=TrainingConfig(
-            epochs=10,
             batch_size=32,
             lr=4e-4,
             min_lr=2e-5,
@@ -329,7 +308,6 @@ def _emoji_demo() -> Preset:
             disc_start=500,
             disc_weight=0.5,
             disc_channels=32,
-            val_fraction=0.05,
         ),
         transformer_training=TrainingConfig(
             epochs=14,
@@ -340,10 +318,8 @@ def _emoji_demo() -> Preset:
             weight_decay=0.05,
             betas=(0.9, 0.95),
             ema_decay=0.998,
-            mask_schedule="cosine",
             label_smoothing=0.1,
             region_mask_fraction=0.5,
-            val_fraction=0.05,
         ),
     )
 
@@ -354,7 +330,6 @@ def _tiny() -> Preset:
         tokenizer=TokenizerConfig(
             image_size=16,
             base_channels=8,
-            channel_mult=(1, 2, 2),
             num_res_blocks=1,
             latent_dim=16,
             codebook_size=16,
