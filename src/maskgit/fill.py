@@ -4,7 +4,7 @@ True = repaint.
 Two uses: the baselines that `maskgit evaluate` compares MaskGIT with, and the pre-fill of the
 hole before the tokenizer encodes an image to inpaint. The encoder's receptive field reaches
 several tokens beyond a pixel's own patch, so what the hole holds changes the tokens *around*
-it, which the transformer takes as known context (see `pipeline.MaskGIT.fill_tokens`).
+it, which the transformer takes as known context (see `pipeline.MaskGIT.decode_batch`).
 """
 
 from __future__ import annotations

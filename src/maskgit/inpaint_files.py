@@ -209,7 +209,8 @@ def _write_batches(
         result = model.inpaint(
             images[start:end],
             masks[start:end],
-            options.replace(seed=options.seed + start),
+            options,
+            first_index=start,
             return_steps=save_steps,
             batch_size=end - start,
             feather=feather,

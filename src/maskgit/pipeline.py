@@ -175,12 +175,13 @@ class MaskGIT:
         feather: int = 0,
         batch_size: int = 32,
         on_step: StepCallback | None = None,
+        first_index: int = 0,
         **changes: Any,
     ) -> InpaintResult:
         """Repaint the masked pixels of each image; pixels outside the mask stay exact.
 
         `options` (default DEFAULT_DECODING) with keyword `changes` (its field names) say
-        how to decode. `feather` > 0 blends the generated content into the hole over that
+        how to decode; image i uses the seed options.seed + first_index + i. `feather` > 0 blends the generated content into the hole over that
         many pixels inside the mask edge (outside the mask nothing changes). `on_step` sees
         every decoding step of every batch (maskgit.decoding.DecodeStep).
         """
@@ -200,7 +201,7 @@ class MaskGIT:
                 batch,
                 pmask,
                 options,
-                first_index=start,
+                first_index=first_index + start,
                 return_steps=return_steps,
                 on_step=on_step,
             )
