@@ -121,3 +121,12 @@ def test_on_step_sees_every_step():
     assert [s.step for s in seen] == [0, 1, 2, 3, 4]
     assert all(torch.equal(a.tokens, b.tokens) for a, b in zip(seen, records, strict=True))
     assert seen[-1].unknown.sum() == 0
+
+
+def test_the_package_root_exports_the_pipeline_and_its_options():
+    import maskgit
+    from maskgit.pipeline import MaskGIT
+
+    assert maskgit.MaskGIT is MaskGIT
+    assert maskgit.DEFAULT_DECODING is DEFAULT_DECODING
+    assert maskgit.DecodingOptions is DecodingOptions

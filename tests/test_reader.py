@@ -172,3 +172,10 @@ def test_exif_orientation_is_applied_on_read(tmp_path):
     assert (shown[:4] == 255).all() and (shown[4:] == 0).all()
     mask = read_mask(tmp_path / "phone.png")
     assert mask.shape == (16, 8) and mask[:4].all() and not mask[4:].any()
+
+
+def test_uint8_and_float_masks_share_the_thresholds():
+    rgba = np.array([[[255, 255, 255, 127], [255, 255, 255, 128], [127, 128, 128, 255]]], np.uint8)
+    as_uint8 = mask_array(rgba)
+    assert as_uint8.tolist() == [[False, True, True]]  # alpha >= half; channel mean >= half
+    assert np.array_equal(mask_array(rgba / 255.0), as_uint8)

@@ -162,13 +162,28 @@ def _channels_last(values: np.ndarray, what: str) -> np.ndarray:
 
 def image_array(image: ImageLike) -> np.ndarray:
     """Any accepted image -> uint8 RGB (H, W, 3), transparency composited on white."""
-    values = _channels_last(unit_values(_array_of(image, "image"), "image"), "image")
+    array = _array_of(image, "image")
+    if array.dtype == np.uint8:  # the common case, without float copies of a large image
+        return _uint8_rgb(_channels_last(array, "image"))
+    values = _channels_last(unit_values(array, "image"), "image")
     colour, alpha = _split_alpha(values)
     if colour.shape[2] == 1:
         colour = np.repeat(colour, 3, axis=2)
     if alpha is not None:
         colour = colour * alpha[..., None] + (1.0 - alpha[..., None])
     return np.ascontiguousarray((colour * 255.0).round().astype(np.uint8))
+
+
+def _uint8_rgb(array: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) -> (H, W, 3); grey repeated, alpha composited on white (by PIL)."""
+    channels = array.shape[2]
+    if channels == 3:
+        return np.ascontiguousarray(array)
+    if channels == 1:
+        return np.repeat(array, 3, axis=2)
+    rgba = Image.fromarray(np.ascontiguousarray(array), "LA" if channels == 2 else "RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba.convert("RGBA")).convert("RGB"))
 
 
 def _split_alpha(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -212,12 +227,17 @@ def mask_array(mask: ImageLike, convention: str = "white-repaint") -> np.ndarray
         if array.ndim != 2:
             raise ValueError(f"mask: a bool mask must be (H, W), got {tuple(array.shape)}")
         return array
-    values = _channels_last(unit_values(array, "mask"), "mask")
-    colour, alpha = _split_alpha(values)
-    white = colour.mean(axis=2) >= 0.5
+    if array.dtype == np.uint8:  # integer maths: no float copy of a large mask
+        colour, alpha = _split_alpha(_channels_last(array, "mask"))
+        white = 2 * colour.sum(axis=2, dtype=np.int32) >= UINT8_MAX * colour.shape[2]
+        opaque = None if alpha is None else alpha >= (UINT8_MAX + 1) // 2
+    else:
+        colour, alpha = _split_alpha(_channels_last(unit_values(array, "mask"), "mask"))
+        white = colour.mean(axis=2) >= 0.5
+        opaque = None if alpha is None else alpha >= 0.5
     repaint = white if convention == "white-repaint" else ~white
-    if alpha is not None:
-        repaint &= alpha >= 0.5  # transparent = not painted, whatever the convention
+    if opaque is not None:
+        repaint &= opaque  # transparent = not painted, whatever the convention
     return repaint
 
 
