@@ -1,17 +1,23 @@
 # Two commands on a fresh machine:
 #   make demo   - set up .venv and run `maskgit demo` on the embedded default model (offline)
 #   make test   - set up .venv (+ Chromium, FID weights when reachable), lint, run all tests
+# Both install the exact versions of requirements/lock.txt (hash-checked); `make lock`
+# refreshes it (then run `make test` before committing it).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
 
-.PHONY: install demo test lint browser inception clean
+.PHONY: install demo test lint browser inception lock versions clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "requirements/lock.txt is for Python >= 3.11; use python3.11 -m venv $(VENV)")'
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,web,baselines]"
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,11 +32,18 @@ inception: install
 	PYTHON=$(abspath $(PY)) bash scripts/get_inception.sh
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 test: install browser inception lint
 	$(PY) -m pytest
+
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	PYTHON=$(abspath $(PY)) bash scripts/lock.sh
+
+versions: install
+	$(PY) -m pip list --format=freeze
 
 clean:
 	rm -rf $(VENV) maskgit-demo test-artifacts

@@ -7,6 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from extras import require_extra
 from maskgit.metrics import (
     feature_statistics,
     fid_from_features,
@@ -223,7 +224,7 @@ def test_differences_inside_mask_count():
 
 
 def test_ssim_map_matches_scikit_image():
-    skimage_metrics = pytest.importorskip("skimage.metrics")
+    skimage_metrics = require_extra("skimage.metrics")
     rng = np.random.default_rng(9)
     x = rng.uniform(0, 1, size=(3, 24, 20))
     y = np.clip(x + rng.normal(0, 0.1, size=x.shape), 0, 1)

@@ -18,8 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+from extras import require_extra
+
+require_extra("fastapi", module_level=True)
+require_extra("multipart", module_level=True)
+uvicorn = require_extra("uvicorn", module_level=True)
 
 from maskgit.app import EMPTY_MASK_MESSAGE, LOADING_MESSAGE, create_app  # noqa: E402
 from maskgit.checkpoint import save_model  # noqa: E402

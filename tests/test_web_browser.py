@@ -63,9 +63,9 @@ def _require_browser():
             _unavailable(
                 f"python package {module.split('.')[0]} is missing: pip install -e '.[dev,web]'"
             )
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
-    return sync_playwright
+    return sync_playwright, expect
 
 
 @contextlib.contextmanager
@@ -115,7 +115,7 @@ def drag(page, box, points, steps=8):
 
 
 def test_inpaint_in_a_real_browser(tmp_path):
-    sync_playwright = _require_browser()
+    sync_playwright, expect = _require_browser()
     from maskgit.app import create_app
 
     preset = get_preset("tiny")
@@ -162,9 +162,9 @@ def test_inpaint_in_a_real_browser(tmp_path):
                 assert "Loaded" in page.inner_text("#status")
 
             page.set_input_files("#file", str(picture_path))
-            page.wait_for_function(
-                "document.getElementById('status').textContent.includes('picture.png')"
-            )
+            # a locator assertion, not wait_for_function: the page's CSP (script-src 'self')
+            # forbids evaluating strings, and Playwright's string predicates do that
+            expect(page.locator("#status")).to_contain_text("picture.png")
             page.wait_for_selector("#canvas-empty", state="hidden")
 
             box = page.locator("#mask-canvas").bounding_box()
@@ -183,7 +183,9 @@ def test_inpaint_in_a_real_browser(tmp_path):
             assert job["status"] == "done" and job["params"]["steps"] == 6
             used_mask = decode_data_url(job["result"]["mask"]) > 127
             seen = decode_data_url(job["result"]["input"])
-            page_mask = decode_data_url(page.evaluate("window.maskgitExportMask()"))[..., 0] > 127
+            page_mask = (
+                decode_data_url(page.evaluate("() => window.maskgitExportMask()"))[..., 0] > 127
+            )
 
             # the mask the server used is the one painted on the page...
             np.testing.assert_array_equal(used_mask, page_mask)

@@ -1,32 +1,48 @@
 """Data-set preparation: the emoji data set of the embedded default, and test masks.
 
-`prepare_emoji` turns the npm packages `emoji-datasource-<vendor>` (unpacked) into
+`prepare_emoji` turns the npm packages `emoji-datasource-<vendor>` (unpacked), and emoji sets
+packed as `@iconify-json/<set>` (unpacked; SVG, rasterised with cairosvg), into
     OUT/train/*.png, OUT/val/*.png        64x64 RGB, alpha composited on white
     OUT/test/images/*.png                 test images
     OUT/test/masks/*.png                  their masks, white = repaint, same names
     OUT/ATTRIBUTION.md, OUT/LICENSE-<vendor>
 Splits hash the emoji's code point name (not the vendor), so one emoji never lands in two
-splits, even across vendors.
+splits, even across vendors. An iconify icon is named in words ("grinning-face"): its code
+points are looked up by CLDR name (the `emoji` package); an icon whose code points are not
+found is left out, since its split could not be checked against the other styles.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from maskgit.data import DataError, load_image, split_of
+from maskgit.data import DataError, load_image, split_of, to_rgb
 
 VENDOR_LICENCES = {
     "google": "Apache-2.0 (Noto Emoji, Google)",
     "twitter": "CC-BY-4.0 (Twemoji, Twitter/X Corp.)",
     "apple": "proprietary (do not redistribute)",
     "facebook": "proprietary (do not redistribute)",
+}
+# iconify sets whose licence allows training and shipping weights (no share-alike, no OpenMoji)
+ICONIFY_ALLOWED_LICENCES = {"MIT", "Apache-2.0", "CC-BY-4.0"}
+ICONIFY_RESERVED = {"openmoji"}  # the project's outside check of unseen styles: never trained on
+SKIN_TONES = {  # iconify name suffix -> emoji modifier code point
+    "medium-dark": "1f3fe",
+    "medium-light": "1f3fc",
+    "medium": "1f3fd",
+    "dark": "1f3ff",
+    "light": "1f3fb",
 }
 
 
@@ -78,6 +94,96 @@ def _vendor_images(source: Path) -> tuple[str, Path, Path | None]:
     return vendors[0], img_root / vendors[0] / "64", licence if licence.is_file() else None
 
 
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "", name.lower())
+
+
+def _code_point_names() -> dict[str, str]:
+    """Squashed CLDR name or alias -> code points as emoji-datasource names its files."""
+    try:
+        import emoji
+    except ImportError as exc:
+        raise DataError(
+            "iconify sources need the `emoji` package: pip install -e '.[data]'"
+        ) from exc
+    names: dict[str, str] = {}
+    for chars, data in emoji.EMOJI_DATA.items():
+        if data.get("status") != emoji.STATUS["fully_qualified"]:
+            continue
+        code = "-".join(f"{ord(c):04x}" for c in chars)
+        for name in [data["en"], *data.get("alias", [])]:
+            names.setdefault(_squash(name), code)
+    return names
+
+
+def iconify_code_points(icon: str, names: dict[str, str]) -> str | None:
+    """The split key (code points) of an iconify icon name, or None when it is not found."""
+    if _squash(icon) in names:
+        return names[_squash(icon)]
+    for suffix, tone in SKIN_TONES.items():
+        base = icon.removesuffix(f"-{suffix}")
+        if base != icon and _squash(base) in names:
+            return f"{names[_squash(base)].removesuffix('-fe0f')}-{tone}"
+    return None
+
+
+def _iconify_svgs(source: Path) -> Iterator[tuple[str, str]]:
+    """(icon name, whole SVG document) of an unpacked @iconify-json package."""
+    icons = json.loads((source / "icons.json").read_text())
+    width, height = icons.get("width", 16), icons.get("height", 16)
+    for name, icon in sorted(icons["icons"].items()):
+        w, h = icon.get("width", width), icon.get("height", height)
+        yield name, (
+            f'<svg xmlns="http://www.w3.org/2000/svg" '
+            f'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="{icon.get("left", 0)} '
+            f'{icon.get("top", 0)} {w} {h}">{icon["body"]}</svg>'
+        )
+
+
+def _iconify_licence(source: Path) -> tuple[str, str]:
+    """(set prefix, SPDX licence) of an iconify package; refuses reserved or unfit sets."""
+    info = json.loads((source / "info.json").read_text())
+    prefix = info.get("prefix") or json.loads((source / "icons.json").read_text())["prefix"]
+    spdx = info.get("license", {}).get("spdx", "unknown")
+    if prefix in ICONIFY_RESERVED:
+        raise DataError(f"{source}: the {prefix} set is reserved as an outside check, never trained on")
+    if spdx not in ICONIFY_ALLOWED_LICENCES:
+        raise DataError(
+            f"{source}: licence {spdx} of the {prefix} set is not one of "
+            f"{sorted(ICONIFY_ALLOWED_LICENCES)} (share-alike or unknown terms)"
+        )
+    return prefix, spdx
+
+
+def _render_svg(svg: str, size: int) -> Image.Image:
+    try:
+        import cairosvg
+    except ImportError as exc:
+        raise DataError("iconify sources need cairosvg: pip install -e '.[data]'") from exc
+    png = cairosvg.svg2png(bytestring=svg.encode(), output_width=size, output_height=size)
+    return Image.open(io.BytesIO(png))
+
+
+def _source_images(source: Path, size: int) -> tuple[str, str, list, Path | None]:
+    """(vendor, licence, [(split key, file name, image loader)], licence file) of a source."""
+    if (source / "icons.json").is_file():
+        vendor, spdx = _iconify_licence(source)
+        names = _code_point_names()
+        items = []
+        for icon, svg in _iconify_svgs(source):
+            key = iconify_code_points(icon, names)
+            if key is not None:
+                items.append((key, f"{key}.png", lambda svg=svg: to_rgb(_render_svg(svg, size))))
+        licence = source / "LICENSE"
+        return vendor, spdx, items, licence if licence.is_file() else None
+    vendor, folder, licence = _vendor_images(source)
+    items = [
+        (path.stem, path.name, lambda path=path: Image.fromarray(load_image(path, size)))
+        for path in sorted(folder.glob("*.png"))
+    ]
+    return vendor, VENDOR_LICENCES.get(vendor, "see the package licence"), items, licence
+
+
 def prepare_emoji(
     sources: list[str | Path],
     out: str | Path,
@@ -91,16 +197,15 @@ def prepare_emoji(
     counts = {"train": 0, "val": 0, "test": 0}
     attributions = []
     for source in map(Path, sources):
-        vendor, folder, licence = _vendor_images(source)
-        attributions.append((vendor, source))
+        vendor, spdx, items, licence = _source_images(source, size)
+        attributions.append((vendor, spdx, source, len(items)))
         if licence is not None:
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy(licence, out / f"LICENSE-{vendor}")
-        files = sorted(folder.glob("*.png"))
-        for path in tqdm(files, desc=f"emoji {vendor}", disable=not progress):
-            split = split_of(path.stem, val_fraction, test_fraction)
-            name = f"{vendor}-{path.name}"
-            image = Image.fromarray(load_image(path, size))
+        for key, file_name, read in tqdm(items, desc=f"emoji {vendor}", disable=not progress):
+            split = split_of(key, val_fraction, test_fraction)
+            name = f"{vendor}-{file_name}"
+            image = read()
             target = out / ("test/images" if split == "test" else split)
             target.mkdir(parents=True, exist_ok=True)
             image.save(target / name)
@@ -112,15 +217,15 @@ def prepare_emoji(
     return counts
 
 
-def _write_attribution(out: Path, attributions: list[tuple[str, Path]], counts: dict) -> None:
+def _write_attribution(out: Path, attributions: list[tuple], counts: dict) -> None:
     lines = ["# Emoji data set: sources and licences", ""]
-    for vendor, source in attributions:
+    for vendor, licence, source, n_images in attributions:
         meta = source / "package.json"
-        version = json.loads(meta.read_text())["version"] if meta.is_file() else "unknown"
+        package = json.loads(meta.read_text()) if meta.is_file() else {}
         lines.append(
-            f"- {vendor}: npm emoji-datasource-{vendor}@{version}, images "
-            f"{VENDOR_LICENCES.get(vendor, 'see the package licence')}; "
-            f"licence text in LICENSE-{vendor}."
+            f"- {vendor}: npm {package.get('name', source.name)}@{package.get('version', '?')}, "
+            f"{n_images} images, licence {licence}; licence text in LICENSE-{vendor} "
+            f"(or the package's info.json)."
         )
     lines += [
         "",
