@@ -305,3 +305,43 @@ def test_cli_help_explains_each_file(capsys):
     for words in ("VQGAN.yml", "VQGAN.pt", "MaskGit.yml", "transformer.pt", "keys.yaml"):
         assert words in text
     assert "weights_only" in text and "model_state_dict" in text
+
+
+def test_the_repo_script_makes_a_set_the_recipe_imports_and_inpaints(tmp_path, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "make_tiny_lab_checkpoint.py"
+    lab_dir = tmp_path / "tiny-lab"
+    monkeypatch.setattr("sys.argv", [str(script), "--out", str(lab_dir), "--images", "2"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    assert done.value.code == 0
+    model_dir = tmp_path / "tiny-lab-model"
+    assert (
+        main(
+            [
+                "import-lab",
+                "--vqgan-config",
+                str(lab_dir / "VQGAN.yml"),
+                "--vqgan",
+                str(lab_dir / "VQGAN.pt"),
+                "--transformer-config",
+                str(lab_dir / "MaskGit.yml"),
+                "--transformer",
+                str(lab_dir / "transformer.pt"),
+                "--out",
+                str(model_dir),
+            ]
+        )  # fmt: skip
+        == 0
+    )
+    test = lab_dir / "test"
+    argv = ["inpaint", "--model", str(model_dir), "--images", str(test / "masked_image")]
+    argv += ["--masks", str(test / "mask64"), "--white-keep", "--schedule", "lab-cosine"]
+    argv += ["--steps", "4", "--out", str(tmp_path / "inpainted"), "--device", "cpu"]
+    assert main(argv + ["--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "inpainted").glob("*.png")) == [
+        "image_000.png",
+        "image_001.png",
+    ]
