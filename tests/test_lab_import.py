@@ -345,3 +345,25 @@ def test_the_repo_script_makes_a_set_the_recipe_imports_and_inpaints(tmp_path, m
         "image_000.png",
         "image_001.png",
     ]
+
+
+def test_explicit_layer_lists_build_a_working_vqgan():
+    cfg = TokenizerConfig(
+        image_size=16,
+        base_channels=8,
+        latent_dim=8,
+        codebook_size=16,
+        code_dim=8,
+        encoder_layers=("res:16", "attn", "down", "res:16", "down"),
+        decoder_layers=("res:16", "attn", "up", "res:8", "up", "res:8"),
+        image_mean=(0.5, 0.4, 0.3),
+        image_std=(0.2, 0.2, 0.2),
+    )
+    torch.manual_seed(0)
+    model = VQGAN(cfg)
+    images = _images(2)
+    assert model.encode(images).shape == (2, 4, 4)
+    recon, stats = model(images)
+    assert recon.shape == images.shape
+    (recon.square().mean() + stats.loss).backward()
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0
