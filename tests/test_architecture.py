@@ -37,6 +37,7 @@ LAYERS = {
     "pretokenize": 4,
     "evaluate": 4,
     "inpaint_files": 4,
+    "lab_import": 3,
     "prepare": 4,
     "demo": 4,
     # the edge

@@ -254,3 +254,31 @@ def test_from_dict_rejects_unknown_and_non_mapping():
 def test_int_accepted_for_float_field():
     cfg = from_dict(TrainingConfig, {"lr": 1})
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+
+
+def test_imported_layout_options_are_checked():
+    from maskgit.config import ConfigError, TokenizerConfig, TransformerConfig
+
+    ok = TokenizerConfig(
+        image_size=16,
+        base_channels=8,
+        encoder_layers=("res:8", "down", "attn"),
+        decoder_layers=("res:8", "up"),
+    )
+    ok.validate()
+    assert ok.downsample == 2 and ok.token_grid == 8
+    bad = [
+        {"encoder_layers": ("res:8", "sideways"), "decoder_layers": ("res:8",)},
+        {"encoder_layers": ("res:8", "down"), "decoder_layers": ("res:8",)},  # no "up"
+        {"encoder_layers": ("res:8",)},  # no decoder list
+        {"downsample_conv": "k5"},
+        {"encoder_out_kernel": 2},
+        {"image_mean": (0.5, 0.5), "image_std": (0.5, 0.5)},  # 3 channels
+        {"image_mean": (0.5, 0.5, 0.5)},  # no std
+    ]
+    for options in bad:
+        with pytest.raises(ConfigError):
+            TokenizerConfig(image_size=16, base_channels=8, **options).validate()
+    for options in ({"logit_bias": "per-token"}, {"layer_norm_eps": 0.0}):
+        with pytest.raises(ConfigError):
+            TransformerConfig(**options).validate()

@@ -38,9 +38,26 @@ class TokenizerConfig:
     l2_normalize: bool = False  # cosine-similarity lookup on the unit sphere
     beta: float = 0.25  # commitment weight, on the encoder side
     dead_code_steps: int = 0  # re-seed a code unused for this many training steps (0 = off)
+    # Imported models (maskgit import-lab; the defaults are maskgit's own layout).
+    # An explicit layer list between the input conv and the output norm, overriding
+    # base_channels / channel_mult / num_res_blocks: "res:W" (residual block to width W),
+    # "attn" (single-head spatial self-attention), "down" (encoder) or "up" (decoder).
+    # The encoder's input conv has base_channels outputs; the decoder's has the width of the
+    # first "res:W" of decoder_layers.
+    encoder_layers: tuple[str, ...] = ()
+    decoder_layers: tuple[str, ...] = ()
+    downsample_conv: str = "k4"  # "k4": conv 4x4 stride 2 pad 1; "pad-k3": pad right/bottom, 3x3
+    encoder_out_kernel: int = 1  # kernel of the encoder's last conv (to latent_dim)
+    decoder_out_act: bool = True  # SiLU between the decoder's last norm and last conv
+    # Per-channel normalisation the weights were trained with: the model sees
+    # ((x + 1) / 2 - mean) / std for images x in [-1, 1]; empty = x itself.
+    image_mean: tuple[float, ...] = ()
+    image_std: tuple[float, ...] = ()
 
     @property
     def downsample(self) -> int:
+        if self.encoder_layers:
+            return 2 ** sum(1 for layer in self.encoder_layers if layer == "down")
         return 2 ** (len(self.channel_mult) - 1)
 
     @property
@@ -56,6 +73,39 @@ class TokenizerConfig:
                 f"factor {self.downsample} (from channel_mult={list(self.channel_mult)})"
             )
         _positive(self, "image_size", "base_channels", "latent_dim", "codebook_size", "code_dim")
+        _choice(self, "downsample_conv", ("k4", "pad-k3"))
+        if self.encoder_out_kernel not in (1, 3):
+            raise ConfigError(f"encoder_out_kernel={self.encoder_out_kernel}: expected 1 or 3")
+        _layer_list(self, "encoder_layers", "down")
+        _layer_list(self, "decoder_layers", "up")
+        ups = sum(1 for layer in self.decoder_layers if layer == "up")
+        if bool(self.encoder_layers) != bool(self.decoder_layers) or (
+            self.encoder_layers and 2**ups != self.downsample
+        ):
+            raise ConfigError(
+                "tokenizer.encoder_layers / decoder_layers: give both, with as many 'up' as 'down'"
+            )
+        if self.decoder_layers and not any(x.startswith("res:") for x in self.decoder_layers):
+            raise ConfigError("tokenizer.decoder_layers: expected at least one 'res:W' entry")
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if values and len(values) != self.in_channels:
+                raise ConfigError(
+                    f"tokenizer.{name}: expected {self.in_channels} values (one per channel), "
+                    f"got {len(values)}"
+                )
+        if bool(self.image_mean) != bool(self.image_std) or any(v <= 0 for v in self.image_std):
+            raise ConfigError("tokenizer.image_mean / image_std: give both, std > 0")
+
+
+def _layer_list(cfg: Any, name: str, resample: str) -> None:
+    for entry in getattr(cfg, name):
+        width = entry[4:] if entry.startswith("res:") else ""
+        if entry not in ("attn", resample) and not (width.isdigit() and int(width) > 0):
+            raise ConfigError(
+                f"tokenizer.{name}: {entry!r} is not a layer; expected 'res:WIDTH', 'attn' "
+                f"or {resample!r}"
+            )
 
 
 @dataclass
@@ -72,6 +122,10 @@ class TransformerConfig:
     attn_dropout: float = 0.1
     norm: str = "pre"  # "pre" (default) or "post" (the course lab)
     attention: str = "fused"  # "fused" (F.scaled_dot_product_attention) or "manual"
+    layer_norm_eps: float = 1e-5  # every LayerNorm (the course lab: 1e-12)
+    # "shared": one output bias per code; "per-position": one per token position and code
+    # (the course lab's (num_tokens, codes) bias)
+    logit_bias: str = "shared"
 
     @property
     def mask_token_id(self) -> int:
@@ -83,6 +137,9 @@ class TransformerConfig:
             raise ConfigError(f"transformer.dim={self.dim} is not divisible by heads={self.heads}")
         _choice(self, "norm", ("pre", "post"))
         _choice(self, "attention", ("fused", "manual"))
+        _choice(self, "logit_bias", ("shared", "per-position"))
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"transformer.layer_norm_eps={self.layer_norm_eps}: expected > 0")
 
 
 @dataclass

@@ -62,9 +62,9 @@ class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
-        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.attn = MultiHeadAttention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.dim, cfg.mlp_dim),
             nn.GELU(),
@@ -90,12 +90,17 @@ class BidirectionalTransformer(nn.Module):
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.codebook_size + 1, cfg.dim)  # +1: [MASK]
         self.position_embedding = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
-        self.embed_norm = nn.LayerNorm(cfg.dim)
+        eps = cfg.layer_norm_eps
+        self.embed_norm = nn.LayerNorm(cfg.dim, eps=eps)
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.final_norm = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
-        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim))
-        self.logit_bias = nn.Parameter(torch.zeros(cfg.codebook_size))
+        self.final_norm = nn.LayerNorm(cfg.dim, eps=eps) if cfg.norm == "pre" else nn.Identity()
+        self.head = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim, eps=eps)
+        )
+        # (K,) shared by every position, or (N, K): one bias per position and code
+        bias_shape = (cfg.num_tokens,) if cfg.logit_bias == "per-position" else ()
+        self.logit_bias = nn.Parameter(torch.zeros(*bias_shape, cfg.codebook_size))
         self.apply(self._init_weights)
         nn.init.trunc_normal_(self.position_embedding, std=0.02)
 
@@ -118,4 +123,4 @@ class BidirectionalTransformer(nn.Module):
             x = block(x)
         h = self.head(self.final_norm(x))  # (B, N, D)
         codes = self.token_embedding.weight[: self.cfg.codebook_size]  # (K, D), tied
-        return h @ codes.t() + self.logit_bias  # (B, N, K)
+        return h @ codes.t() + self.logit_bias  # (B, N, K); the bias is (K,) or (N, K)

@@ -39,9 +39,76 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.body(x)
 
 
+class SpatialAttention(nn.Module):
+    """Single-head self-attention over the h*w positions of a feature map, with a residual."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = _norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        q, k, v = (f(y).reshape(b, 1, c, h * w).transpose(-1, -2) for f in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, h*w, C)
+        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Resample(nn.Module):
+    """Halve ("down") or double ("up", nearest) the resolution, with a conv."""
+
+    def __init__(self, channels: int, direction: str, downsample_conv: str = "k4"):
+        super().__init__()
+        self.direction = direction
+        self.pad = direction == "down" and downsample_conv == "pad-k3"
+        if direction == "up":
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        elif self.pad:  # pad right and bottom, 3x3 stride 2 (taming / VQGAN-pytorch)
+            self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        else:
+            self.conv = nn.Conv2d(channels, channels, 4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.direction == "up":
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        elif self.pad:
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.conv(x)
+
+
+def _layers_from_list(cfg: TokenizerConfig, entries: tuple[str, ...], ch: int) -> tuple[list, int]:
+    """Modules for an explicit layer list (TokenizerConfig.encoder_layers / decoder_layers)."""
+    layers: list[nn.Module] = []
+    for entry in entries:
+        if entry.startswith("res:"):
+            width = int(entry[4:])
+            layers.append(ResBlock(ch, width))
+            ch = width
+        elif entry == "attn":
+            layers.append(SpatialAttention(ch))
+        else:
+            layers.append(Resample(ch, entry, cfg.downsample_conv))
+    return layers, ch
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
+        if cfg.encoder_layers:
+            layers, ch = _layers_from_list(cfg, cfg.encoder_layers, cfg.base_channels)
+            k = cfg.encoder_out_kernel
+            self.net = nn.Sequential(
+                nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1),
+                *layers,
+                _norm(ch),
+                nn.SiLU(),
+                nn.Conv2d(ch, cfg.latent_dim, k, padding=k // 2),
+            )
+            return
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
         layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)]
         ch = widths[0]
@@ -51,7 +118,13 @@ class Encoder(nn.Module):
                 ch = width
             if level < len(widths) - 1:
                 layers.append(nn.Conv2d(ch, ch, 4, stride=2, padding=1))
-        layers += [ResBlock(ch, ch), _norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.latent_dim, 1)]
+        k = cfg.encoder_out_kernel
+        layers += [
+            ResBlock(ch, ch),
+            _norm(ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, cfg.latent_dim, k, padding=k // 2),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +134,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
+        if cfg.decoder_layers:
+            width = next(int(x[4:]) for x in cfg.decoder_layers if x.startswith("res:"))
+            layers, ch = _layers_from_list(cfg, cfg.decoder_layers, width)
+            first = nn.Conv2d(cfg.latent_dim, width, 3, padding=1)
+            act = [nn.SiLU()] if cfg.decoder_out_act else []
+            self.net = nn.Sequential(first, *layers, _norm(ch), *act)
+            self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+            return
         widths = [cfg.base_channels * m for m in cfg.channel_mult][::-1]
         ch = widths[0]
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, ch, 3, padding=1), ResBlock(ch, ch)]
@@ -73,7 +154,7 @@ class Decoder(nn.Module):
                     nn.Upsample(scale_factor=2, mode="nearest"),
                     nn.Conv2d(ch, ch, 3, padding=1),
                 ]
-        layers += [_norm(ch), nn.SiLU()]
+        layers += [_norm(ch), nn.SiLU()] if cfg.decoder_out_act else [_norm(ch)]
         self.net = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
 
@@ -175,6 +256,27 @@ class VQGAN(nn.Module):
         self.quantizer = VectorQuantizer(cfg)
         self.post_quant_proj = nn.Conv2d(cfg.code_dim, cfg.latent_dim, 1)
         self.decoder = Decoder(cfg)
+        # image normalisation the weights expect (TokenizerConfig.image_mean / image_std)
+        self._normalise = bool(cfg.image_mean)
+        if self._normalise:
+            self.register_buffer(
+                "_mean", torch.tensor(cfg.image_mean).view(1, -1, 1, 1), persistent=False
+            )
+            self.register_buffer(
+                "_std", torch.tensor(cfg.image_std).view(1, -1, 1, 1), persistent=False
+            )
+
+    def _to_native(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> what the weights were trained on (identity by default)."""
+        if not self._normalise:
+            return images
+        return ((images + 1) / 2 - self._mean) / self._std
+
+    def _from_native(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoder's output -> images in [-1, 1] (identity by default)."""
+        if not self._normalise:
+            return images
+        return (images * self._std + self._mean) * 2 - 1
 
     @property
     def last_layer_weight(self) -> torch.Tensor:
@@ -182,13 +284,13 @@ class VQGAN(nn.Module):
         return self.decoder.conv_out.weight
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, VQOutput]:
-        quantized, stats = self.quantizer(self.quant_proj(self.encoder(images)))
-        return self.decoder(self.post_quant_proj(quantized)), stats
+        quantized, stats = self.quantizer(self.quant_proj(self.encoder(self._to_native(images))))
+        return self._from_native(self.decoder(self.post_quant_proj(quantized))), stats
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [-1, 1] -> tokens (B, h, w) int64."""
-        z = self.quant_proj(self.encoder(images))  # (B, D, h, w)
+        z = self.quant_proj(self.encoder(self._to_native(images)))  # (B, D, h, w)
         b, d, h, w = z.shape
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         if self.cfg.l2_normalize:
@@ -198,7 +300,7 @@ class VQGAN(nn.Module):
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, h, w) -> images (B, C, H, W), roughly in [-1, 1]."""
         codes = self.quantizer.codes()[tokens]  # (B, h, w, D)
-        return self.decoder(self.post_quant_proj(codes.permute(0, 3, 1, 2)))
+        return self._from_native(self.decoder(self.post_quant_proj(codes.permute(0, 3, 1, 2))))
 
     def after_optimizer_step(self) -> dict[str, float]:
         """Training hook: re-seed dead codes (when configured)."""
