@@ -569,6 +569,135 @@ def args_serve(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+# ---- import-lab ---------------------------------------------------------------------------
+# `maskgit import-lab`: the course lab's VQGAN + transformer checkpoints -> a maskgit model
+# folder (src/maskgit/lab_import.py does the work; torch is imported only when it runs).
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers, e.g. 0.5,0.5,0.5") from None
+
+
+def cmd_import_lab(args: argparse.Namespace) -> int:
+    from maskgit.lab_import import import_lab
+
+    report = import_lab(
+        args.vqgan_config,
+        args.vqgan,
+        args.transformer_config,
+        args.transformer,
+        args.out,
+        key_map=args.map,
+        heads=args.heads,
+        image_mean=args.image_mean,
+        image_std=args.image_std,
+    )
+    tok, tr = report.tokenizer, report.transformer
+    layouts = ", ".join(f"{name} ({n} layers)" for name, n in report.attention_layouts.items())
+    print(
+        f"VQGAN {report.vqgan_source}: {tok.image_size}x{tok.image_size} -> "
+        f"{tok.token_grid}x{tok.token_grid} tokens, {tok.codebook_size} codes, latent "
+        f"{tok.latent_dim}\n"
+        f"transformer {args.transformer} ({report.transformer_container}): {tr.depth} layers, "
+        f"dim {tr.dim}, {tr.heads} heads, MLP {tr.mlp_dim}; attention: {layouts}\n"
+        f"wrote {report.out} (tokenizer.safetensors, transformer.safetensors, config.yaml, "
+        f"import.json); use it with --model {report.out}"
+    )
+    return 0
+
+
+IMPORT_LAB_DESCRIPTION = (
+    "Convert the course lab's checkpoints into a maskgit model folder (safetensors +\n"
+    "config) that inpaint, evaluate, sweep, serve and MaskGIT.from_pretrained load.\n\n"
+    "Files are read with torch.load(weights_only=True): a checkpoint that needs code\n"
+    "to unpickle is refused. The architecture is read from the tensors' names and\n"
+    "shapes and checked against the yml files; a mismatch stops with one line naming\n"
+    "the key and the file, and nothing is written."
+)
+IMPORT_LAB_EPILOG = (
+    "The student's own attention layer is recognised by name and shape: separate\n"
+    "q/k/v/out projections (q, query, q_proj, to_q, ...; with or without biases), one\n"
+    "fused qkv projection (qkv, to_qkv, ...) or nn.MultiheadAttention (in_proj_weight,\n"
+    "out_proj). Keys it does not understand are listed; name them in a YAML file given\n"
+    "with --map, one line per module inside each layer's Attention, e.g.\n"
+    "    my_query: q\n    my_key: k\n    my_value: v\n    my_output: out\n"
+    "(roles: q, k, v, qkv, out, ignore)."
+)
+
+
+def args_import_lab(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = IMPORT_LAB_EPILOG
+    p.add_argument(
+        "--vqgan-config",
+        required=True,
+        metavar="VQGAN.yml",
+        help="the skeleton's VQGAN config (model_param: image_channels, latent_dim, "
+        "num_codebook_vectors, img_resolution, latent_resolution, ...)",
+    )
+    p.add_argument(
+        "--vqgan",
+        default=None,
+        metavar="VQGAN.pt",
+        help="the pretrained VQGAN state dict handed out with the lab (encoder / decoder / "
+        "codebook / quant_conv / post_quant_conv); may be left out when --transformer holds "
+        "the whole MaskGit module (vqgan.* keys)",
+    )
+    p.add_argument(
+        "--transformer-config",
+        required=True,
+        metavar="MaskGit.yml",
+        help="the skeleton's MaskGit config (model_param.Transformer_param: num_image_tokens, "
+        "num_codebook_vectors, dim, n_layers, hidden_dim)",
+    )
+    p.add_argument(
+        "--transformer",
+        required=True,
+        metavar="transformer.pt",
+        help="your trained transformer: a bare state_dict, a training checkpoint "
+        "{model_state_dict, optimizer_state_dict, epoch, ...} or the whole MaskGit module's "
+        "state dict (transformer.* keys, vqgan.* beside them)",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="model folder to write (new or empty)"
+    )
+    p.add_argument(
+        "--map",
+        default=None,
+        metavar="keys.yaml",
+        help="names of attention modules the importer did not recognise -> q, k, v, qkv, out "
+        "or ignore (see below)",
+    )
+    p.add_argument(
+        "--heads",
+        type=int,
+        default=None,
+        help="attention heads (not stored in the weights; default: num_heads in MaskGit.yml, "
+        "else the skeleton's 16)",
+    )
+    p.add_argument(
+        "--image-mean",
+        type=_floats,
+        default=(0.4868, 0.4341, 0.3844),
+        metavar="R,G,B",
+        help="per-channel mean the VQGAN was trained with (default: the lab's cat faces, "
+        "0.4868,0.4341,0.3844)",
+    )
+    p.add_argument(
+        "--image-std",
+        type=_floats,
+        default=(0.2620, 0.2527, 0.2543),
+        metavar="R,G,B",
+        help="per-channel std the VQGAN was trained with (default: 0.2620,0.2527,0.2543)",
+    )
+
+
+# ---- end import-lab -----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -648,6 +777,14 @@ COMMANDS = (
         "inpaint an image through a painted mask, outpaint or generate images, showing every "
         "decoding step. Nothing is fetched from the internet.",
     ),
+    Command(
+        "import-lab",
+        "import the course lab's VQGAN and transformer checkpoints as a model folder",
+        args_import_lab,
+        cmd_import_lab,
+        device=False,
+        description=IMPORT_LAB_DESCRIPTION,
+    ),
 )
 
 
@@ -668,139 +805,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         p.set_defaults(func=command.run)
     return parser
-
-
-# ---- import-lab ---------------------------------------------------------------------------
-# `maskgit import-lab`: the course lab's VQGAN + transformer checkpoints -> a maskgit model
-# folder (src/maskgit/lab_import.py does the work; torch is imported only when it runs).
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers, e.g. 0.5,0.5,0.5") from None
-
-
-def cmd_import_lab(args: argparse.Namespace) -> int:
-    from maskgit.lab_import import import_lab
-
-    report = import_lab(
-        args.vqgan_config,
-        args.vqgan,
-        args.transformer_config,
-        args.transformer,
-        args.out,
-        key_map=args.map,
-        heads=args.heads,
-        image_mean=args.image_mean,
-        image_std=args.image_std,
-    )
-    tok, tr = report.tokenizer, report.transformer
-    layouts = ", ".join(f"{name} ({n} layers)" for name, n in report.attention_layouts.items())
-    print(
-        f"VQGAN {report.vqgan_source}: {tok.image_size}x{tok.image_size} -> "
-        f"{tok.token_grid}x{tok.token_grid} tokens, {tok.codebook_size} codes, latent "
-        f"{tok.latent_dim}\n"
-        f"transformer {args.transformer} ({report.transformer_container}): {tr.depth} layers, "
-        f"dim {tr.dim}, {tr.heads} heads, MLP {tr.mlp_dim}; attention: {layouts}\n"
-        f"wrote {report.out} (tokenizer.safetensors, transformer.safetensors, config.yaml, "
-        f"import.json); use it with --model {report.out}"
-    )
-    return 0
-
-
-def _register_import_lab(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "import-lab",
-        help="import the course lab's VQGAN and transformer checkpoints as a model folder",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Convert the course lab's checkpoints into a maskgit model folder (safetensors +\n"
-            "config) that inpaint, evaluate, sweep, serve and MaskGIT.from_pretrained load.\n\n"
-            "Files are read with torch.load(weights_only=True): a checkpoint that needs code\n"
-            "to unpickle is refused. The architecture is read from the tensors' names and\n"
-            "shapes and checked against the yml files; a mismatch stops with one line naming\n"
-            "the key and the file, and nothing is written."
-        ),
-        epilog=(
-            "The student's own attention layer is recognised by name and shape: separate\n"
-            "q/k/v/out projections (q, query, q_proj, to_q, ...; with or without biases), one\n"
-            "fused qkv projection (qkv, to_qkv, ...) or nn.MultiheadAttention (in_proj_weight,\n"
-            "out_proj). Keys it does not understand are listed; name them in a YAML file given\n"
-            "with --map, one line per module inside each layer's Attention, e.g.\n"
-            "    my_query: q\n    my_key: k\n    my_value: v\n    my_output: out\n"
-            "(roles: q, k, v, qkv, out, ignore)."
-        ),
-    )
-    p.add_argument(
-        "--vqgan-config",
-        required=True,
-        metavar="VQGAN.yml",
-        help="the skeleton's VQGAN config (model_param: image_channels, latent_dim, "
-        "num_codebook_vectors, img_resolution, latent_resolution, ...)",
-    )
-    p.add_argument(
-        "--vqgan",
-        default=None,
-        metavar="VQGAN.pt",
-        help="the pretrained VQGAN state dict handed out with the lab (encoder / decoder / "
-        "codebook / quant_conv / post_quant_conv); may be left out when --transformer holds "
-        "the whole MaskGit module (vqgan.* keys)",
-    )
-    p.add_argument(
-        "--transformer-config",
-        required=True,
-        metavar="MaskGit.yml",
-        help="the skeleton's MaskGit config (model_param.Transformer_param: num_image_tokens, "
-        "num_codebook_vectors, dim, n_layers, hidden_dim)",
-    )
-    p.add_argument(
-        "--transformer",
-        required=True,
-        metavar="transformer.pt",
-        help="your trained transformer: a bare state_dict, a training checkpoint "
-        "{model_state_dict, optimizer_state_dict, epoch, ...} or the whole MaskGit module's "
-        "state dict (transformer.* keys, vqgan.* beside them)",
-    )
-    p.add_argument(
-        "--out", required=True, metavar="DIR", help="model folder to write (new or empty)"
-    )
-    p.add_argument(
-        "--map",
-        default=None,
-        metavar="keys.yaml",
-        help="names of attention modules the importer did not recognise -> q, k, v, qkv, out "
-        "or ignore (see below)",
-    )
-    p.add_argument(
-        "--heads",
-        type=int,
-        default=None,
-        help="attention heads (not stored in the weights; default: num_heads in MaskGit.yml, "
-        "else the skeleton's 16)",
-    )
-    p.add_argument(
-        "--image-mean",
-        type=_floats,
-        default=(0.4868, 0.4341, 0.3844),
-        metavar="R,G,B",
-        help="per-channel mean the VQGAN was trained with (default: the lab's cat faces, "
-        "0.4868,0.4341,0.3844)",
-    )
-    p.add_argument(
-        "--image-std",
-        type=_floats,
-        default=(0.2620, 0.2527, 0.2543),
-        metavar="R,G,B",
-        help="per-channel std the VQGAN was trained with (default: 0.2620,0.2527,0.2543)",
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=cmd_import_lab)
-
-
-_EXTRA_COMMANDS.append(_register_import_lab)
-# ---- end import-lab -----------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
