@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from maskgit.data import DataError, load_image, split_of, to_rgb
+from maskgit.data import DataError, load_image, split_of
+from maskgit.reader import image_array
 
 VENDOR_LICENCES = {
     "google": "Apache-2.0 (Noto Emoji, Google)",
@@ -133,10 +134,13 @@ def _iconify_svgs(source: Path) -> Iterator[tuple[str, str]]:
     width, height = icons.get("width", 16), icons.get("height", 16)
     for name, icon in sorted(icons["icons"].items()):
         w, h = icon.get("width", width), icon.get("height", height)
-        yield name, (
-            f'<svg xmlns="http://www.w3.org/2000/svg" '
-            f'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="{icon.get("left", 0)} '
-            f'{icon.get("top", 0)} {w} {h}">{icon["body"]}</svg>'
+        yield (
+            name,
+            (
+                f'<svg xmlns="http://www.w3.org/2000/svg" '
+                f'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="{icon.get("left", 0)} '
+                f'{icon.get("top", 0)} {w} {h}">{icon["body"]}</svg>'
+            ),
         )
 
 
@@ -146,7 +150,9 @@ def _iconify_licence(source: Path) -> tuple[str, str]:
     prefix = info.get("prefix") or json.loads((source / "icons.json").read_text())["prefix"]
     spdx = info.get("license", {}).get("spdx", "unknown")
     if prefix in ICONIFY_RESERVED:
-        raise DataError(f"{source}: the {prefix} set is reserved as an outside check, never trained on")
+        raise DataError(
+            f"{source}: the {prefix} set is reserved as an outside check, never trained on"
+        )
     if spdx not in ICONIFY_ALLOWED_LICENCES:
         raise DataError(
             f"{source}: licence {spdx} of the {prefix} set is not one of "
@@ -173,7 +179,13 @@ def _source_images(source: Path, size: int) -> tuple[str, str, list, Path | None
         for icon, svg in _iconify_svgs(source):
             key = iconify_code_points(icon, names)
             if key is not None:
-                items.append((key, f"{key}.png", lambda svg=svg: to_rgb(_render_svg(svg, size))))
+                items.append(
+                    (
+                        key,
+                        f"{key}.png",
+                        lambda svg=svg: Image.fromarray(image_array(_render_svg(svg, size))),
+                    )
+                )
         licence = source / "LICENSE"
         return vendor, spdx, items, licence if licence.is_file() else None
     vendor, folder, licence = _vendor_images(source)
