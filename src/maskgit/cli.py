@@ -119,6 +119,38 @@ def _report(what: str, paths: list, out: str, save_steps: bool, started: float) 
         )
 
 
+def _guard_out(out: str, written: list[str], **inputs: str | None) -> None:
+    """Refuse before any work when `out` is an input folder or a file in `written` (relative
+    to `out`) is one of the inputs (files, or the images of input folders), whatever the path
+    form (symlink, `..`); `inputs` are the arguments read, by option name."""
+    from pathlib import Path
+
+    from maskgit.data import IMAGE_SUFFIXES
+    from maskgit.fileio import check_no_overwrite
+
+    labelled = [(f"--{name.replace('_', '-')}", path) for name, path in inputs.items()]
+    files = list(labelled)
+    for label, path in labelled:
+        if path is not None and Path(path).is_dir():
+            files += [
+                (label, child)
+                for child in Path(path).iterdir()
+                if child.suffix.lower() in IMAGE_SUFFIXES or child.suffix == ".safetensors"
+            ]
+    check_no_overwrite(out, written, files)
+
+
+def _eval_written(args: argparse.Namespace, names: list[str]) -> list[str]:
+    from pathlib import Path
+
+    stems = []
+    if Path(args.images).is_dir():
+        stems = [p.stem for p in Path(args.images).iterdir()]
+    return [
+        f"{folder}/{stem}.png" for folder in ["maskgit", *args.baselines] for stem in stems
+    ] + names
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -165,6 +197,15 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINING_FILES = [  # what a training run writes into its folder (besides epoch/best files)
+    "config.yaml",
+    "latest.state.pt",
+    "metrics.csv",
+    "tokenizer.safetensors",
+    "transformer.safetensors",
+]
+
+
 def _training_run(args: argparse.Namespace) -> dict:
     return {
         "resume": args.resume,
@@ -180,6 +221,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from maskgit.train import train_tokenizer
 
     preset = load_config(args.config, args.overrides)
+    _guard_out(args.out, TRAINING_FILES, data=args.data)
     images, names = load_folder(
         args.data, preset.tokenizer.image_size, progress=not args.no_progress
     )
@@ -190,8 +232,10 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
+    from maskgit.data import INDEX_FILE, TOKENS_FILE
     from maskgit.pretokenize import tokenize_folder
 
+    _guard_out(args.out, [TOKENS_FILE, INDEX_FILE], data=args.data, tokenizer=args.tokenizer)
     count = tokenize_folder(
         args.tokenizer,
         args.data,
@@ -210,6 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from maskgit.train import train_transformer
 
     preset = load_config(args.config, args.overrides)
+    _guard_out(args.out, TRAINING_FILES, data=args.data, tokens=args.tokens)
     tokens, names = tokens_for_training(
         preset, args.tokens, args.data, args.tokenizer, args.out, args.device
     )
@@ -265,6 +310,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from maskgit.evaluate import evaluate, markdown_table
 
     options = decoding_options(args)
+    written = _eval_written(args, ["results.json", "results.csv"])
+    _guard_out(
+        args.out, written, images=args.images, masks=args.masks, gt=args.gt, model=args.model
+    )
     model, test = _model_and_test_set(args)
     rows = evaluate(
         model,
@@ -283,6 +332,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from maskgit.evaluate import markdown_table, sweep
 
     options = decoding_options(args, skip=SWEPT)
+    written = ["sweep.csv", "sweep.json", "table.md", "fid_vs_steps.png", "time_vs_steps.png"]
+    _guard_out(
+        args.out, written, images=args.images, masks=args.masks, gt=args.gt, model=args.model
+    )
     model, test = _model_and_test_set(args)
     rows = sweep(
         model,
@@ -313,6 +366,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     options = decoding_options(args)
     check_run_options(batch_size=args.batch_size, feather=args.feather)
     check_convention(args.mask_convention)
+    _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = inpaint_folder(
         model,
@@ -338,6 +392,7 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
     check_run_options(batch_size=args.batch_size)
     if args.box is not None and args.pad is not None:
         raise ValueError("--box and --pad: give one of them")
+    _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = outpaint_files(
         model, args.images, args.out, options, box=args.box, pad=args.pad, **_run_options(args)
@@ -355,6 +410,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n {args.n}: expected at least 1 image")
     check_run_options(batch_size=args.batch_size)
+    _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = generate_files(model, args.n, args.out, options, **_run_options(args))
     _report("generated images", paths, args.out, args.save_steps, started)
