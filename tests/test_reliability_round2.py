@@ -124,3 +124,117 @@ def test_tokenize_and_train_refuse_their_data_folder(files, tmp_path, capsys):
     before = digest(tokens / "tokens.safetensors")
     assert_error(train(capsys, files, tokens), 2, "overwrite")
     assert digest(tokens / "tokens.safetensors") == before
+
+
+# --------------------------------------------------------------------------- 2: train folders
+
+
+def other_tokenizer(path: Path) -> Path:
+    """A tiny tokenizer with other weights than the model fixture's."""
+    from maskgit.checkpoint import save_model
+    from maskgit.config import get_preset
+    from maskgit.tokenizer.model import VQGAN
+
+    torch.manual_seed(123)
+    save_model(VQGAN(get_preset("tiny").tokenizer), path)
+    return path
+
+
+def test_train_with_too_few_items_writes_nothing(files, tmp_path, capsys):
+    tokens = hostile.token_folder(tmp_path / "tokens", count=4)
+    tokenizer = files["model"] / "tokenizer.safetensors"
+    result = train(capsys, files, tmp_path / "run", "--tokenizer", tokenizer, tokens=tokens)
+    assert_error(result, 1, "fewer than batch_size=8")
+    hostile.assert_nothing_written(tmp_path / "run")
+
+
+def test_train_tokenizer_with_too_few_images_writes_nothing(files, tmp_path, capsys):
+    data = tmp_path / "data"
+    for i in range(3):
+        write_image(data / f"img{i}.png", seed=i)
+    args = ["train-tokenizer", "--config", "tiny", "--data", data, "--out", tmp_path / "run"]
+    assert_error(cli(capsys, *args, "--no-progress", *CPU), 1, "fewer than batch_size")
+    hostile.assert_nothing_written(tmp_path / "run")
+
+
+def test_refused_resume_keeps_the_runs_tokenizer_and_halves_must_match(files, tmp_path, capsys):
+    from maskgit.checkpoint import CheckpointError
+    from maskgit.pipeline import MaskGIT
+
+    run = tmp_path / "run"
+    tokenizer = files["model"] / "tokenizer.safetensors"
+    steps = ("--set", "transformer_training.max_steps=1")
+    code, _, lines = train(capsys, files, run, "--tokenizer", tokenizer, *steps)
+    assert code == 0, lines
+    assert MaskGIT.from_pretrained(run, device="cpu") is not None
+    before = digest(run / "tokenizer.safetensors")
+    other = other_tokenizer(tmp_path / "other.safetensors")
+    # a state that does not fit (another preset): refused, and the tokenizer is not replaced
+    result = train(
+        capsys, files, run, "--resume", "--tokenizer", other, "--set", "transformer.dim=64"
+    )
+    assert_error(result, 2)
+    assert digest(run / "tokenizer.safetensors") == before
+    # resuming with another tokenizer than the run's: refused, nothing replaced
+    result = train(capsys, files, run, "--resume", "--tokenizer", other, *steps)
+    assert_error(result, 2, "another tokenizer")
+    assert digest(run / "tokenizer.safetensors") == before
+    # a folder whose tokenizer was swapped afterwards: refused on load, naming both files
+    (run / "tokenizer.safetensors").write_bytes(other.read_bytes())
+    with pytest.raises(CheckpointError, match="tokenizer.safetensors") as caught:
+        MaskGIT.from_pretrained(run, device="cpu")
+    assert "transformer.safetensors" in str(caught.value)
+    code, _, lines = cli(
+        capsys, "generate", "--n", "1", "--out", tmp_path / "g", "--model", run, *CPU
+    )
+    assert code == 2 and "another tokenizer" in lines[-1], lines
+
+
+# --------------------------------------------------------------------------- 3: --feather
+
+
+def test_feather_larger_than_the_image_is_refused(files, tmp_path, capsys):
+    images = write_image(tmp_path / "images" / "a.png").parent
+    mask = write_mask(tmp_path / "m.png")
+    for feather in (17, 1_000_000):  # the tiny model is 16x16
+        out = tmp_path / f"out{feather}"
+        result = cli(capsys, *inpaint_args(files, images, mask, out, "--feather", feather))
+        assert_error(result, 2, f"feather={feather}", "larger than the image")
+        hostile.assert_nothing_written(out)
+    result = cli(capsys, *inpaint_args(files, images, mask, tmp_path / "ok", "--feather", 16))
+    assert result[0] == 0, result
+
+
+PEAK_RSS_SCRIPT = """
+import resource, sys, torch
+from maskgit.pipeline import paste_known
+torch.set_num_threads(1)
+size = feather = int(sys.argv[1])
+original = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+decoded = torch.full_like(original, 255)
+mask = torch.zeros(1, size, size, dtype=torch.bool)
+mask[:, 16:-16, 16:-16] = True
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = paste_known(original, decoded, mask, feather)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert 0 < out[0, 0, size // 2, size // 2] < 255 and out[0, 0, 0, 0] == 0
+print((after - before) // 1024)  # MiB (ru_maxrss is in KiB on Linux)
+"""
+
+
+def test_feather_memory_does_not_grow_with_the_width():
+    """Peak RSS of blending a 256x256 image with the widest feather allowed (256 px): the
+    ramp used to keep two float copies of the mask per pixel of feather (~130 MB here)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    grown = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, "256"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=300,
+    ).stdout.split()[-1]
+    assert int(grown) < 30, f"peak RSS grew by {grown} MiB"

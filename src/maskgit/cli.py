@@ -255,11 +255,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset = load_config(args.config, args.overrides)
     _guard_out(args.out, TRAINING_FILES, data=args.data, tokens=args.tokens)
-    tokens, names = tokens_for_training(
+    tokens, names, tokenizer = tokens_for_training(
         preset, args.tokens, args.data, args.tokenizer, args.out, args.device
     )
     print(f"training transformer on {len(tokens)} token grids -> {args.out}")
-    metrics = train_transformer(preset, tokens, names, args.out, **_training_run(args))
+    metrics = train_transformer(
+        preset, tokens, names, args.out, tokenizer=tokenizer, **_training_run(args)
+    )
     print(f"done: {args.out}/transformer.safetensors; validation {metrics}")
     return 0
 
