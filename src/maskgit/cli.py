@@ -431,20 +431,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from exc
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0 to 65535")
-    app = create_app(args.model, device=args.device)
+    listener = _listen(args.host, args.port)  # before any thread starts: a busy port is one line
+    app = create_app(args.model, device=args.device, allowed_hosts=[args.host, *args.allow_host])
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"maskgit: warning: serving on {args.host}: the demo has no authentication; "
-            "anyone who can reach this port can use it",
+            "anyone who can reach this port can use it (requests must name this host or an "
+            "--allow-host NAME in their Host header)",
             file=sys.stderr,
         )
+    port = listener.getsockname()[1]
     print(
-        f"MaskGIT demo on http://{args.host}:{args.port}/ (model "
+        f"MaskGIT demo on http://{args.host}:{port}/ (model "
         f"{args.model or 'embedded default'} loading in the background; Ctrl+C stops)",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int):
+    """A socket bound to (host, port), or ValueError in one line (busy port, bad address)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+    except (OSError, OverflowError) as exc:
+        listener.close()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(
+            f"--host {host} --port {port}: cannot listen there ({reason}); is another server "
+            "using the port? choose another --port"
+        ) from None
+    listener.set_inheritable(True)
+    return listener
 
 
 # --------------------------------------------------------------------------- arguments
@@ -622,6 +647,14 @@ def args_serve(p: argparse.ArgumentParser) -> None:
     _add_model(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests addressed to NAME (Host header; repeatable); always "
+        "accepted: localhost, 127.0.0.1, ::1 and --host",
+    )
 
 
 # --------------------------------------------------------------------------- parser
