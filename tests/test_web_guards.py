@@ -10,6 +10,13 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +36,7 @@ from test_web_api import (  # noqa: E402
     request,
     running_server,
     submit_inpaint,
+    wait_job,
     wait_ready,
 )
 
@@ -253,3 +261,160 @@ def test_fuzz_the_upload_reader_across_formats():
         check_upload(bytes(data))
 
     run()
+
+
+# --------------------------------------------------------------------------- 4: decoding bounded
+
+
+def test_uploads_are_decoded_a_few_at_a_time(base, monkeypatch):
+    active, peak, lock = [0], [0], threading.Lock()
+    real = app_module.read_upload
+
+    def counting(data, what):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.2)
+            return real(data, what)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(app_module, "read_upload", counting)
+    answers = []
+
+    def client():
+        answers.append(submit_inpaint(base, png(make_image(16)), png(centre_mask()))[0])
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert answers == [200] * 8
+    assert peak[0] <= app_module.DECODE_SLOTS, peak
+
+
+# The peak RSS of the server process itself: VmHWM. (getrusage's ru_maxrss is the same
+# counter but, in a child, also carries the RSS the parent had when it forked: Linux records
+# the replaced memory map's peak at exec, so a large pytest process would hide any growth.)
+SERVE = """
+import sys
+from maskgit.cli import main
+code = main(sys.argv[1:])
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print("peak-rss-kib", hwm[0].split()[1] if hwm else "0", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_serve(model_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    argv = ["serve", "--model", str(model_dir), "--port", str(port), "--device", "cpu"]
+    return subprocess.Popen(
+        [sys.executable, "-c", SERVE, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_serving(process: subprocess.Popen, base: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            if request("GET", f"{base}/api/health")[1]["status"] == "ready":
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("maskgit serve did not become ready")
+
+
+def peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def stop(process: subprocess.Popen) -> tuple[int, str]:
+    process.send_signal(signal.SIGINT)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, err
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """A 7900 x 7900 RGBA PNG of a few hundred kB (62 MP: ~250 MB once decoded)."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (7900, 7900), (10, 20, 30, 255)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+def test_a_huge_png_is_refused_without_decoding_it(model_dir, huge_png):
+    """Peak RSS of the server (VmHWM at its exit) barely moves for a 7900x7900 upload;
+    and Ctrl-C (SIGINT) then ends `maskgit serve` cleanly."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = start_serve(model_dir, port)
+    try:
+        wait_serving(process, base)
+        status, answer = submit_inpaint(base, png(make_image(16)), png(centre_mask()))
+        assert wait_job(base, answer["job_id"])["status"] == "done"  # warmed up
+        before = peak_kib(process.pid)
+        status, answer = submit_inpaint(base, huge_png, png(centre_mask()))
+        assert status == 413 and "7900x7900" in answer["error"], answer
+    finally:
+        code, err = stop(process)
+    assert code in (0, 130), err
+    peak = int(err.split("peak-rss-kib")[-1].split()[0])
+    assert (peak - before) / 1024 < 100, f"peak RSS grew by {(peak - before) / 1024:.0f} MiB"
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_2(model_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = start_serve(model_dir, port)
+        _, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line and not line.startswith("peak-rss")]
+    assert process.returncode == 2, err
+    assert len(lines) == 1 and lines[0].startswith("maskgit: error: "), err
+    assert str(port) in lines[0]
+
+
+def test_ctrl_c_while_a_job_runs_ends_cleanly(model_dir):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = start_serve(model_dir, port)
+    try:
+        wait_serving(process, base)
+        body, kind = multipart({"n": "16", "steps": "64"}, {})
+        for _ in range(3):
+            status, answer = raw_request(
+                base, "POST", "/api/generate", body, {"Content-Type": kind}
+            )
+            assert status == 200, answer
+        deadline = time.time() + 60
+        while request("GET", f"{base}/api/health")[1]["queued"] > 2 and time.time() < deadline:
+            time.sleep(0.01)  # the first job has left the queue: it is running
+    finally:
+        code, err = stop(process)
+    assert code in (0, 130), err
+    assert "terminate called" not in err and "Traceback" not in err, err
