@@ -243,3 +243,29 @@ def test_feather_memory_does_not_grow_with_the_width():
         timeout=300,
     ).stdout.split()[-1]
     assert int(grown) < 30, f"peak RSS grew by {grown} MiB"
+
+
+# --------------------------------------------------------------------------- 12: small
+
+
+def test_train_no_progress_draws_no_bars(files, tmp_path, capsys):
+    from maskgit.cli import main
+
+    tokenizer = files["model"] / "tokenizer.safetensors"
+    args = ["train", "--config", "tiny", "--data", files["many"], "--tokenizer", tokenizer]
+    args += ["--out", tmp_path / "run", "--set", "transformer_training.max_steps=1"]
+    assert main([str(a) for a in (*args, "--no-progress", *CPU)]) == 0
+    err = capsys.readouterr().err
+    assert "|" not in err and "reading" not in err and "tokenising" not in err, err
+
+
+@pytest.mark.parametrize("value", [-0.0, -1e-9, -0.0004])
+def test_fid_never_prints_minus_zero(value, tmp_path, capsys, monkeypatch):
+    import maskgit.fid
+    from maskgit.cli import main
+
+    scores = {"fid": value, "kid_mean": -1e-9, "kid_std": 0.0, "n_real": 2, "n_fake": 2}
+    monkeypatch.setattr(maskgit.fid, "compute_fid", lambda *a, **k: scores)
+    assert main(["fid", str(tmp_path), str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "FID 0.000" in out and "-0.0" not in out, out

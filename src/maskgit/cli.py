@@ -256,7 +256,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset = load_config(args.config, args.overrides)
     _guard_out(args.out, TRAINING_FILES, data=args.data, tokens=args.tokens)
     tokens, names, tokenizer = tokens_for_training(
-        preset, args.tokens, args.data, args.tokenizer, args.out, args.device
+        preset,
+        args.tokens,
+        args.data,
+        args.tokenizer,
+        args.out,
+        args.device,
+        progress=not args.no_progress,
     )
     print(f"training transformer on {len(tokens)} token grids -> {args.out}")
     metrics = train_transformer(
@@ -285,8 +291,10 @@ def cmd_fid(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         kid_subset_size=args.kid_subset_size,
     )
+    fid = max(0.0, scores["fid"])  # a distance: tiny negative rounding errors print as 0.000
+    kid = round(scores["kid_mean"], 5) + 0.0  # + 0.0: never "-0.00000"
     print(
-        f"FID {scores['fid']:.3f}  KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}  "
+        f"FID {fid:.3f}  KID {kid:.5f} +- {scores['kid_std']:.5f}  "
         f"N real {scores['n_real']}  N fake {scores['n_fake']}  "
         f"({time.perf_counter() - started:.1f} s)"
     )

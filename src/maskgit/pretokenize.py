@@ -68,6 +68,7 @@ def tokens_for_training(
     tokenizer_path: str | None,
     run_dir: str | Path,
     device: str | None = None,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, list[str], Path | None]:
     """Token grids for transformer training, checked against the preset, their names and the
     tokenizer file that made them (when known).
@@ -90,8 +91,8 @@ def tokens_for_training(
             raise DataError("--data needs --tokenizer to tokenise images on the fly")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = load_model(tokenizer_file(tokenizer_path), "tokenizer", device)
-        images, names = load_folder(data_dir, tokenizer.cfg.image_size)
-        tokens = encode_images(tokenizer, images)
+        images, names = load_folder(data_dir, tokenizer.cfg.image_size, progress=progress)
+        tokens = encode_images(tokenizer, images, progress=progress)
     source = tokenizer_file(tokenizer_path) if tokenizer_path is not None else None
     if source is not None:
         read_metadata(source)  # a readable tokenizer file, before any training
