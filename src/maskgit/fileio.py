@@ -75,16 +75,21 @@ def check_no_overwrite(
                 f"--out {out} is the {label} folder {path}: outputs would overwrite inputs; "
                 "choose another folder"
             )
-    files = [(label, path) for label, path in given if path.is_file()]
+    files: dict[tuple[int, int], tuple[str, Path]] = {}  # (device, inode) -> input
+    for label, path in given:
+        if path.is_file():
+            info = path.stat()  # follows symlinks: the file actually read
+            files.setdefault((info.st_dev, info.st_ino), (label, path))
     if not files:
         return
     for name in written:
         target = out / name
-        if not target.exists() and not target.is_symlink():
-            continue
-        for label, path in files:
-            if _same_path(target, path) or target.resolve() == path.resolve():
-                raise ValueError(
-                    f"--out {out}: {target} would overwrite the {label} {path}; "
-                    "choose another folder"
-                )
+        try:
+            info = target.stat()  # through a symlink too: where the write would land
+        except OSError:
+            continue  # not there yet: writing it overwrites nothing
+        if (info.st_dev, info.st_ino) in files:
+            label, path = files[(info.st_dev, info.st_ino)]
+            raise ValueError(
+                f"--out {out}: {target} would overwrite the {label} {path}; choose another folder"
+            )
