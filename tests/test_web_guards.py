@@ -234,7 +234,12 @@ def test_fuzz_the_upload_reader_across_formats():
     names = sorted(SEEDS)
 
     @hypothesis.settings(
-        max_examples=300, deadline=None, derandomize=True, database=None, print_blob=True
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(hypothesis.HealthCheck),  # slow under load is fine
     )
     @hypothesis.given(
         name=st.sampled_from(names),
