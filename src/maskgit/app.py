@@ -32,12 +32,14 @@ import base64
 import io
 import itertools
 import math
+import os
 import queue
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,6 +51,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maskgit.data import IMAGE_SUFFIXES
 from maskgit.decoding import DecodeStep
@@ -63,7 +66,23 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # one file; larger -> 413
 MAX_REQUEST_BYTES = 2 * MAX_UPLOAD_BYTES + 1024 * 1024  # image + mask + form fields
 MAX_SIDE = 4096  # larger images are downscaled (with a notice) before use
 MAX_PIXELS = 16_000_000
-MAX_DECODE_PIXELS = 64_000_000  # not even decoded: 413
+DECODE_SLOTS = 2  # uploads decoded at the same time; more wait for a slot
+DECODE_WAIT_S = 60.0  # then 503
+DECODE_BYTES_PER_PIXEL = 40  # peak memory of decoding + converting one pixel (RGBA, copies)
+
+
+def decode_budget(limit: int = 24_000_000, floor: int = 4_000_000) -> int:
+    """Pixels an upload may decode to (after JPEG draft reduction): `limit`, less on a machine
+    where DECODE_SLOTS decodes of that size would need over an eighth of the memory."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return limit
+    return int(max(floor, min(limit, memory // 8 // (DECODE_BYTES_PER_PIXEL * DECODE_SLOTS))))
+
+
+MAX_DECODE_PIXELS = decode_budget()  # larger (after draft reduction): not decoded, 413
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # Host names always served
 MAX_STEPS = 64
 MAX_GENERATE = 16
 MAX_QUEUED = 32
@@ -80,6 +99,10 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )
+
+
+class JobCancelled(Exception):
+    """A running job ended because the server stops."""
 
 
 class ApiError(Exception):
@@ -124,11 +147,17 @@ def token_map(start: np.ndarray, before: np.ndarray, now: np.ndarray) -> Image.I
     return Image.fromarray(out, "RGB")
 
 
+def _scrub(message: str) -> str:
+    """An error message without object reprs (`<_io.BytesIO object at 0x7f...>`)."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the upload", message)
+
+
 def read_upload(data: bytes, what: str) -> tuple[Image.Image, list[str]]:
     """Decode an uploaded image (any mode, not yet converted); returns it and notices.
 
-    Corrupt or non-image data -> 400; over MAX_DECODE_PIXELS -> 413; over MAX_SIDE or
-    MAX_PIXELS -> downscaled (aspect kept) with a notice.
+    Corrupt or non-image data (whatever the decoder raises) -> 400; over MAX_DECODE_PIXELS
+    once reduced on open (JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale) -> 413, never
+    decoded; over MAX_SIDE or MAX_PIXELS -> downscaled (aspect kept) with a notice.
     """
     if not data:
         raise ApiError(400, f"upload is not a readable image: the {what} file is empty")
@@ -136,15 +165,15 @@ def read_upload(data: bytes, what: str) -> tuple[Image.Image, list[str]]:
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
-        if width * height > MAX_DECODE_PIXELS:
-            raise ApiError(
-                413,
-                f"the {what} is {width}x{height} ({width * height / 1e6:.0f} MP): over the "
-                f"{MAX_DECODE_PIXELS / 1e6:.0f} MP limit",
-            )
         scale = min(1.0, MAX_SIDE / max(width, height), math.sqrt(MAX_PIXELS / (width * height)))
         if scale < 1.0:  # JPEG: decode at a reduced scale already
             image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+        if image.width * image.height > MAX_DECODE_PIXELS:
+            raise ApiError(
+                413,
+                f"the {what} is {width}x{height} ({width * height / 1e6:.0f} MP): over the "
+                f"{MAX_DECODE_PIXELS / 1e6:.0f} MP this server decodes; downscale it first",
+            )
         if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSING_ORIENTATIONS:
             width, height = height, width  # as displayed
         image = upright(image)  # the EXIF orientation applied, as the browser shows it
@@ -162,9 +191,14 @@ def read_upload(data: bytes, what: str) -> tuple[Image.Image, list[str]]:
     except ApiError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ApiError(413, f"the {what} is too large to decode: {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ApiError(400, f"upload is not a readable image: {what}: {exc}") from exc
+        raise ApiError(413, f"the {what} is too large to decode: {_scrub(str(exc))}") from exc
+    except UnidentifiedImageError:
+        raise ApiError(
+            400, f"upload is not a readable image: {what}: not an image format this server reads"
+        ) from None
+    except Exception as exc:  # decoders of untrusted data raise many types (NotImplementedError...)
+        detail = _scrub(str(exc)) or type(exc).__name__
+        raise ApiError(400, f"upload is not a readable image: {what}: {detail}") from exc
     return image, notices
 
 
@@ -222,13 +256,17 @@ class Job:
     started: float | None = None
     finished: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # shown in params (n, pad)
+    stopping: threading.Event = field(default_factory=threading.Event)  # the server's
 
     @property
     def params(self) -> dict[str, Any]:
         return {**self.options.as_dict(), **self.extra}
 
     def on_step(self, step: DecodeStep) -> None:
-        """The decoder's step callback: progress for the page."""
+        """The decoder's step callback: progress for the page; ends the job when the server
+        stops (Ctrl-C), so no decoding thread outlives it."""
+        if self.stopping.is_set():
+            raise JobCancelled("the server is stopping")
         self.done_steps = min(step.step + 1, self.total_steps)
         if self.done_steps < self.total_steps:
             self.phase = f"decoding step {self.done_steps + 1} of {self.total_steps}"
@@ -248,6 +286,7 @@ class JobQueue:
         self._seq = itertools.count()
         self._load_thread: threading.Thread | None = None
         self._worker: threading.Thread | None = None
+        self.stopping = threading.Event()
 
     # ---- lifecycle
 
@@ -266,10 +305,15 @@ class JobQueue:
                 self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End the running job at its next step, drop the queued ones, wait for the threads
+        (a thread left inside torch at interpreter exit aborts the process)."""
+        self.stopping.set()
         worker = self._worker
         if worker is not None and worker.is_alive():
             self.queue.put(None)
             worker.join(timeout)
+        if self._load_thread is not None:
+            self._load_thread.join(timeout)
 
     def _load(self) -> None:
         try:
@@ -308,6 +352,7 @@ class JobQueue:
                 raise ApiError(429, f"the queue is full ({waiting} jobs waiting): try again later")
             job = Job(uuid.uuid4().hex, kind, next(self._seq), options, inputs, notices)
             job.extra = extra or {}
+            job.stopping = self.stopping
             self.jobs[job.id] = job
             self._prune()
         self.queue.put(job)
@@ -357,7 +402,7 @@ class JobQueue:
     def _work(self) -> None:
         while True:
             job = self.queue.get()
-            if job is None:
+            if job is None or self.stopping.is_set():
                 return
             job.status, job.phase, job.started = "running", "encoding", time.time()
             try:
@@ -455,18 +500,50 @@ def _read_file(upload: UploadFile, what: str) -> bytes:
     return data
 
 
+DECODING = threading.BoundedSemaphore(DECODE_SLOTS)  # uploads being decoded, all requests
+
+
+@contextmanager
+def decode_slot():
+    """Hold one of DECODE_SLOTS while an upload is decoded and converted (bounded memory)."""
+    if not DECODING.acquire(timeout=DECODE_WAIT_S):
+        raise ApiError(503, "the server is busy decoding other uploads: try again in a moment")
+    try:
+        yield
+    finally:
+        DECODING.release()
+
+
+def _converted(what: str, convert: Callable[[], torch.Tensor]) -> torch.Tensor:
+    try:
+        return convert()
+    except ApiError:
+        raise
+    except Exception as exc:  # an odd mode or values: the upload's fault, never a 500
+        raise ApiError(400, f"{what}: {_scrub(str(exc)) or type(exc).__name__}") from None
+
+
 def _model_image(model: Any, upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
     """An uploaded image at the model's size (uint8 (3, S, S)) and notices."""
-    picture, notices = read_upload(_read_file(upload, "image"), "image")
-    size = int(model.image_size)
-    if picture.size != (size, size):
-        notices.append(
-            f"the image ({picture.width}x{picture.height}) was resized to the model's {size}x{size}"
-        )
-    try:
-        return image_tensor(picture, size), notices
-    except ValueError as exc:
-        raise ApiError(400, f"image: {exc}") from None
+    data = _read_file(upload, "image")
+    with decode_slot():
+        picture, notices = read_upload(data, "image")
+        size = int(model.image_size)
+        if picture.size != (size, size):
+            notices.append(
+                f"the image ({picture.width}x{picture.height}) was resized to the model's "
+                f"{size}x{size}"
+            )
+        return _converted("image", lambda: image_tensor(picture, size)), notices
+
+
+def _model_mask(model: Any, upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
+    """An uploaded mask (white = repaint, transparent = keep) as bool (S, S) and notices."""
+    data = _read_file(upload, "mask")
+    with decode_slot():
+        painted, notices = read_upload(data, "mask")
+        size = int(model.image_size)
+        return _converted("mask", lambda: mask_tensor(painted, size, "white-repaint")), notices
 
 
 def _missing(**uploads: UploadFile | None) -> None:
@@ -480,6 +557,14 @@ def add_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's default answers {"detail": ...}; the page reads {"error": ...}
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(
+            {"error": _scrub(message)}, status_code=exc.status_code, headers=exc.headers
+        )
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
@@ -491,24 +576,96 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def server_error(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(
-            {"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500
+            {"error": f"internal error: {type(exc).__name__}: {_scrub(str(exc))}"},
+            status_code=500,
         )
 
 
-def add_guard(app: FastAPI, jobs: JobQueue) -> None:
-    """Refuse oversized requests early; security headers on every response."""
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while reading a request body past MAX_REQUEST_BYTES (answered 413)."""
+
+
+def _too_large(size: str) -> str:
+    return (
+        f"request of {size} bytes is too large (uploads: at most "
+        f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB a file)"
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: a request body is cut off at `limit` bytes *while it is read*, whatever
+    the transfer encoding (chunked uploads carry no Content-Length), so nothing over the
+    limit is ever spooled to disk or memory; the request is answered 413."""
+
+    def __init__(self, app, limit: int = MAX_REQUEST_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(413, _too_large(f"over {self.limit:,}"))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header or URL authority: without port, brackets, case."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:7860
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _origin_authority(origin: str) -> str | None:
+    """`scheme://host[:port]` -> `host[:port]` (lower case); None for "null" or junk."""
+    match = re.fullmatch(r"https?://([^/?#]+)/?", origin.strip().lower())
+    return match.group(1) if match else None
+
+
+def refused_by_origin(request: Request, allowed: set[str]) -> str | None:
+    """Why a request must be refused for its Host or Origin (None: it may go on).
+
+    Host: only the names this server serves (DNS rebinding sends another name); Origin (on
+    anything but GET/HEAD/OPTIONS): a page of another site may not queue work here."""
+    host = request.headers.get("host", "")
+    if host_name(host) not in allowed:
+        return f"host {host!r} is not served here (allowed: {', '.join(sorted(allowed))})"
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None and _origin_authority(origin) != host.strip().lower():
+        return f"cross-origin request from {origin!r} refused"
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return "cross-site request refused"
+    return None
+
+
+def add_guard(app: FastAPI, jobs: JobQueue, allowed_hosts: Iterable[str] = LOCAL_HOSTS) -> None:
+    """Refuse other sites' requests and oversized ones early; security headers on every
+    response."""
+    allowed = {host_name(h) for h in (*LOCAL_HOSTS, *allowed_hosts) if h}
+    app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        refusal = refused_by_origin(request, allowed)
+        if refusal is not None:
+            return JSONResponse({"error": refusal}, status_code=403)
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            return JSONResponse(
-                {
-                    "error": f"request of {int(length):,} bytes is too large (uploads: at most "
-                    f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB a file)"
-                },
-                status_code=413,
-            )
+            return JSONResponse({"error": _too_large(f"{int(length):,}")}, status_code=413)
         jobs.start()  # in case the server runs without lifespan events
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
@@ -574,11 +731,7 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
         _missing(image=image, mask=mask)
         options = form_options(fields)
         pixels, notices = _model_image(model, image)
-        painted, mask_notices = read_upload(_read_file(mask, "mask"), "mask")
-        try:  # white = repaint, transparent = keep (the reader's rule)
-            repaint = mask_tensor(painted, int(model.image_size), "white-repaint")
-        except ValueError as exc:
-            raise ApiError(400, f"mask: {exc}") from None
+        repaint, mask_notices = _model_mask(model, mask)  # white = repaint, transparent = keep
         if not repaint.any():
             raise ApiError(400, EMPTY_MASK_MESSAGE)
         inputs = {"image": pixels, "mask": repaint}
@@ -628,9 +781,14 @@ def create_app(
     *,
     loader: Callable[[], Any] | None = None,
     samples_dir: str | Path | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The demo app. The model (`MaskGIT.from_pretrained(model_path, device)`, or `loader()`
-    when given, e.g. a slow stand-in in tests) loads in a background thread at startup."""
+    when given, e.g. a slow stand-in in tests) loads in a background thread at startup.
+
+    Requests must name one of the hosts served in their Host header: localhost, 127.0.0.1,
+    ::1 and `allowed_hosts` (e.g. the --host it listens on); POSTs from another origin are
+    refused (403)."""
     if loader is None:
 
         def loader() -> Any:
@@ -649,7 +807,7 @@ def create_app(
     app = FastAPI(title="MaskGIT demo", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.jobs = jobs
     add_error_handlers(app)
-    add_guard(app, jobs)
+    add_guard(app, jobs, allowed_hosts)
     add_page_routes(app, jobs, Path(samples_dir) if samples_dir is not None else SAMPLES_DIR)
     add_job_routes(app, jobs)
     return app

@@ -8,8 +8,10 @@ loaded with `weights_only=True`, so no checkpoint ever runs code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,10 @@ MODEL_KINDS: dict[str, tuple[type, type]] = {
     "tokenizer": (TokenizerConfig, VQGAN),
     "transformer": (TransformerConfig, BidirectionalTransformer),
 }
+
+
+# transformer metadata: sha256 of the weights of the tokenizer it was trained on (weights_digest)
+TOKENIZER_DIGEST_KEY = "tokenizer_sha256"
 
 
 class CheckpointError(ValueError):
@@ -138,3 +144,29 @@ def load_state(path: str | Path) -> dict[str, Any]:
                 "would have to run; a training state holds only tensors and plain values"
             ) from exc
         raise CheckpointError(f"{path}: unreadable training state ({message})") from exc
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes), not its metadata:
+    a copy of the file, or the same weights saved again, give the same digest."""
+    path = Path(path)
+    read_metadata(path)  # a readable model file, or CheckpointError naming it
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header.pop("__metadata__", None)
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(data[8 + length :])
+    return digest.hexdigest()
+
+
+def check_pair(tokenizer_path: str | Path, transformer_path: str | Path) -> None:
+    """Refuse a transformer trained on another tokenizer than the one beside it: its metadata
+    records the tokenizer's digest when trained by maskgit (files without the record pass)."""
+    recorded = read_metadata(transformer_path).get(TOKENIZER_DIGEST_KEY)
+    if recorded is not None and recorded != weights_digest(tokenizer_path):
+        raise CheckpointError(
+            f"{transformer_path} was trained on another tokenizer than {tokenizer_path} "
+            "(the tokenizer weights recorded in the transformer differ): the two files do not "
+            "belong together; put the transformer beside the tokenizer it was trained with"
+        )

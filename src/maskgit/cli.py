@@ -119,6 +119,38 @@ def _report(what: str, paths: list, out: str, save_steps: bool, started: float) 
         )
 
 
+def _guard_out(out: str, written: list[str], **inputs: str | None) -> None:
+    """Refuse before any work when `out` is an input folder or a file in `written` (relative
+    to `out`) is one of the inputs (files, or the images of input folders), whatever the path
+    form (symlink, `..`); `inputs` are the arguments read, by option name."""
+    from pathlib import Path
+
+    from maskgit.data import IMAGE_SUFFIXES
+    from maskgit.fileio import check_no_overwrite
+
+    labelled = [(f"--{name.replace('_', '-')}", path) for name, path in inputs.items()]
+    files = list(labelled)
+    for label, path in labelled:
+        if path is not None and Path(path).is_dir():
+            files += [
+                (label, child)
+                for child in Path(path).iterdir()
+                if child.suffix.lower() in IMAGE_SUFFIXES or child.suffix == ".safetensors"
+            ]
+    check_no_overwrite(out, written, files)
+
+
+def _eval_written(args: argparse.Namespace, names: list[str]) -> list[str]:
+    from pathlib import Path
+
+    stems = []
+    if Path(args.images).is_dir():
+        stems = [p.stem for p in Path(args.images).iterdir()]
+    return [
+        f"{folder}/{stem}.png" for folder in ["maskgit", *args.baselines] for stem in stems
+    ] + names
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -165,6 +197,15 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAINING_FILES = [  # what a training run writes into its folder (besides epoch/best files)
+    "config.yaml",
+    "latest.state.pt",
+    "metrics.csv",
+    "tokenizer.safetensors",
+    "transformer.safetensors",
+]
+
+
 def _training_run(args: argparse.Namespace) -> dict:
     return {
         "resume": args.resume,
@@ -180,6 +221,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from maskgit.train import train_tokenizer
 
     preset = load_config(args.config, args.overrides)
+    _guard_out(args.out, TRAINING_FILES, data=args.data)
     images, names = load_folder(
         args.data, preset.tokenizer.image_size, progress=not args.no_progress
     )
@@ -190,8 +232,10 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
+    from maskgit.data import INDEX_FILE, TOKENS_FILE
     from maskgit.pretokenize import tokenize_folder
 
+    _guard_out(args.out, [TOKENS_FILE, INDEX_FILE], data=args.data, tokenizer=args.tokenizer)
     count = tokenize_folder(
         args.tokenizer,
         args.data,
@@ -210,11 +254,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from maskgit.train import train_transformer
 
     preset = load_config(args.config, args.overrides)
-    tokens, names = tokens_for_training(
-        preset, args.tokens, args.data, args.tokenizer, args.out, args.device
+    _guard_out(args.out, TRAINING_FILES, data=args.data, tokens=args.tokens)
+    tokens, names, tokenizer = tokens_for_training(
+        preset,
+        args.tokens,
+        args.data,
+        args.tokenizer,
+        args.out,
+        args.device,
+        progress=not args.no_progress,
     )
     print(f"training transformer on {len(tokens)} token grids -> {args.out}")
-    metrics = train_transformer(preset, tokens, names, args.out, **_training_run(args))
+    metrics = train_transformer(
+        preset, tokens, names, args.out, tokenizer=tokenizer, **_training_run(args)
+    )
     print(f"done: {args.out}/transformer.safetensors; validation {metrics}")
     return 0
 
@@ -238,8 +291,10 @@ def cmd_fid(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         kid_subset_size=args.kid_subset_size,
     )
+    fid = max(0.0, scores["fid"])  # a distance: tiny negative rounding errors print as 0.000
+    kid = round(scores["kid_mean"], 5) + 0.0  # + 0.0: never "-0.00000"
     print(
-        f"FID {scores['fid']:.3f}  KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}  "
+        f"FID {fid:.3f}  KID {kid:.5f} +- {scores['kid_std']:.5f}  "
         f"N real {scores['n_real']}  N fake {scores['n_fake']}  "
         f"({time.perf_counter() - started:.1f} s)"
     )
@@ -265,6 +320,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from maskgit.evaluate import evaluate, markdown_table
 
     options = decoding_options(args)
+    written = _eval_written(args, ["results.json", "results.csv"])
+    _guard_out(
+        args.out, written, images=args.images, masks=args.masks, gt=args.gt, model=args.model
+    )
     model, test = _model_and_test_set(args)
     rows = evaluate(
         model,
@@ -283,6 +342,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from maskgit.evaluate import markdown_table, sweep
 
     options = decoding_options(args, skip=SWEPT)
+    written = ["sweep.csv", "sweep.json", "table.md", "fid_vs_steps.png", "time_vs_steps.png"]
+    _guard_out(
+        args.out, written, images=args.images, masks=args.masks, gt=args.gt, model=args.model
+    )
     model, test = _model_and_test_set(args)
     rows = sweep(
         model,
@@ -313,6 +376,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     options = decoding_options(args)
     check_run_options(batch_size=args.batch_size, feather=args.feather)
     check_convention(args.mask_convention)
+    _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = inpaint_folder(
         model,
@@ -338,6 +402,7 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
     check_run_options(batch_size=args.batch_size)
     if args.box is not None and args.pad is not None:
         raise ValueError("--box and --pad: give one of them")
+    _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = outpaint_files(
         model, args.images, args.out, options, box=args.box, pad=args.pad, **_run_options(args)
@@ -355,6 +420,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n {args.n}: expected at least 1 image")
     check_run_options(batch_size=args.batch_size)
+    _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = generate_files(model, args.n, args.out, options, **_run_options(args))
     _report("generated images", paths, args.out, args.save_steps, started)
@@ -373,20 +439,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from exc
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0 to 65535")
-    app = create_app(args.model, device=args.device)
+    listener = _listen(args.host, args.port)  # before any thread starts: a busy port is one line
+    app = create_app(args.model, device=args.device, allowed_hosts=[args.host, *args.allow_host])
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"maskgit: warning: serving on {args.host}: the demo has no authentication; "
-            "anyone who can reach this port can use it",
+            "anyone who can reach this port can use it (requests must name this host or an "
+            "--allow-host NAME in their Host header)",
             file=sys.stderr,
         )
+    port = listener.getsockname()[1]
     print(
-        f"MaskGIT demo on http://{args.host}:{args.port}/ (model "
+        f"MaskGIT demo on http://{args.host}:{port}/ (model "
         f"{args.model or 'embedded default'} loading in the background; Ctrl+C stops)",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int):
+    """A socket bound to (host, port), or ValueError in one line (busy port, bad address)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+    except (OSError, OverflowError) as exc:
+        listener.close()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(
+            f"--host {host} --port {port}: cannot listen there ({reason}); is another server "
+            "using the port? choose another --port"
+        ) from None
+    listener.set_inheritable(True)
+    return listener
 
 
 # --------------------------------------------------------------------------- arguments
@@ -564,6 +655,14 @@ def args_serve(p: argparse.ArgumentParser) -> None:
     _add_model(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept requests addressed to NAME (Host header; repeatable); always "
+        "accepted: localhost, 127.0.0.1, ::1 and --host",
+    )
 
 
 # --------------------------------------------------------------------------- parser

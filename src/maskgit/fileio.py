@@ -1,10 +1,11 @@
-"""Atomic file writes: a reader never sees half a file. Imports nothing of the package."""
+"""Atomic file writes (a reader never sees half a file) and the guard that no run writes over
+its inputs. Imports nothing of the package."""
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -42,3 +43,53 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """The same file or folder, whatever the form of the paths (symlinks, `..`, hard links)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_no_overwrite(
+    out: str | Path,
+    written: Iterable[str | Path],
+    inputs: Iterable[tuple[str, str | Path | None]],
+) -> None:
+    """Refuse (ValueError) a run that would write over something it reads.
+
+    `out` is the output folder, `written` the paths (relative to `out`) the run will write,
+    `inputs` (label, path) pairs of every file or folder it reads (None skipped). Refused:
+    `out` being an input folder, and any written file being an input file, whatever the
+    form of the paths (file, folder, symlink, `..`, hard link). Nothing is written here.
+    """
+    out = Path(out)
+    given = [(label, Path(path)) for label, path in inputs if path is not None]
+    for label, path in given:
+        if path.is_dir() and _same_path(out, path):
+            raise ValueError(
+                f"--out {out} is the {label} folder {path}: outputs would overwrite inputs; "
+                "choose another folder"
+            )
+    files: dict[tuple[int, int], tuple[str, Path]] = {}  # (device, inode) -> input
+    for label, path in given:
+        if path.is_file():
+            info = path.stat()  # follows symlinks: the file actually read
+            files.setdefault((info.st_dev, info.st_ino), (label, path))
+    if not files:
+        return
+    for name in written:
+        target = out / name
+        try:
+            info = target.stat()  # through a symlink too: where the write would land
+        except OSError:
+            continue  # not there yet: writing it overwrites nothing
+        if (info.st_dev, info.st_ino) in files:
+            label, path = files[(info.st_dev, info.st_ino)]
+            raise ValueError(
+                f"--out {out}: {target} would overwrite the {label} {path}; choose another folder"
+            )

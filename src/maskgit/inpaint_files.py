@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from maskgit.data import DataError, list_images
+from maskgit.fileio import check_no_overwrite
 from maskgit.options import DecodingOptions, resolve
 from maskgit.pipeline import (
     MASKED_PIXEL_VALUE,
@@ -176,12 +177,24 @@ def load_inputs(model: MaskGIT, pairs: Sequence[Pair], mask_convention: str) -> 
 def _check_out(out: Path, *inputs: str | Path | None) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: output path exists and is not a folder")
-    for folder in inputs:
-        if folder is not None and Path(folder).is_dir() and out.resolve() == Path(folder).resolve():
-            raise ValueError(
-                f"--out {out} is an input folder: outputs would overwrite inputs; "
-                "choose another folder"
-            )
+    check_no_overwrite(out, (), [("input", path) for path in inputs])
+
+
+def _written(names: Sequence[str], save_steps: bool) -> list[str]:
+    """The files (relative to the output folder) a run writes for outputs named `names`."""
+    files = [f"{name}.png" for name in names]
+    if save_steps:
+        suffixes = ("_tokens.png", "_steps.png", "_compare.png", ".gif")
+        files += [f"{STEPS_FOLDER}/{name}{suffix}" for name in names for suffix in suffixes]
+    return files
+
+
+def _check_pairs(out: Path, pairs: Sequence[Pair], save_steps: bool) -> None:
+    """No output file is one of the files read (image, mask, ground truth), whatever the path."""
+    inputs = [("image", pair.image) for pair in pairs] + [("mask", pair.mask) for pair in pairs]
+    inputs += [("ground truth", pair.ground_truth) for pair in pairs]
+    names = [Path(pair.output_name).stem for pair in pairs]
+    check_no_overwrite(out, _written(names, save_steps), inputs)
 
 
 def _write_batches(
@@ -258,8 +271,9 @@ def inpaint_folder(
     options = resolve(options, **changes)
     check_run_options(batch_size=batch_size, feather=feather)
     out = Path(out)
-    _check_out(out, images, masks)
+    _check_out(out, images, masks, gt)
     pairs = pair_inputs(images, masks, gt)
+    _check_pairs(out, pairs, save_steps)
     inputs = load_inputs(model, pairs, mask_convention)
     if inputs.resized and log is not None:
         size = model.image_size
@@ -309,6 +323,8 @@ def outpaint_files(
     files, is_folder = _files(images, "images")
     if is_folder:
         _by_stem(files, images)  # two inputs must not write the same output
+    written = _written([path.stem for path in files], save_steps)
+    check_no_overwrite(out, written, [("image", path) for path in files])
     pairs = [outpaint_canvas(image_tensor(read_image(path), size), region) for path in files]
     return _write_batches(
         model,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from maskgit.checkpoint import CheckpointError, load_model
+from maskgit.checkpoint import CheckpointError, check_pair, load_model
 from maskgit.data import to_model_range, to_uint8
 from maskgit.decoding import DecodeStep, StepCallback, decode
 from maskgit.fill import classical_fill
@@ -89,6 +89,7 @@ class MaskGIT:
             )
         tokenizer = load_model(folder / "tokenizer.safetensors", "tokenizer")
         transformer = load_model(folder / "transformer.safetensors", "transformer")
+        check_pair(folder / "tokenizer.safetensors", folder / "transformer.safetensors")
         try:
             return cls(tokenizer, transformer, device)
         except CheckpointError as exc:  # the two files do not belong together: name the folder
@@ -186,7 +187,7 @@ class MaskGIT:
         every decoding step of every batch (maskgit.decoding.DecodeStep).
         """
         options = resolve(options, **changes)
-        check_run_options(batch_size=batch_size, feather=feather)
+        check_run_options(batch_size=batch_size, feather=feather, image_size=self.image_size)
         images, masks = _as_list(images), _as_list(masks, item_ndim=2)
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
@@ -300,12 +301,20 @@ def outpaint_canvas(
     return canvas, mask
 
 
-def check_run_options(*, batch_size: int = 32, feather: int = 0) -> None:
-    """Validate the options of a run besides decoding (ValueError naming the option)."""
+def check_run_options(
+    *, batch_size: int = 32, feather: int = 0, image_size: int | None = None
+) -> None:
+    """Validate the options of a run besides decoding (ValueError naming the option);
+    `feather` is at most `image_size` (the side of the images it blends) when given."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected at least 1")
     if isinstance(feather, bool) or not isinstance(feather, int) or feather < 0:
         raise ValueError(f"feather={feather}: expected 0 (no feathering) or more pixels")
+    if image_size is not None and feather > image_size:
+        raise ValueError(
+            f"feather={feather}: larger than the image ({image_size} pixels a side); "
+            f"expected 0 to {image_size}"
+        )
 
 
 def paste_known(
@@ -317,15 +326,17 @@ def paste_known(
     weight d / feather at d pixels inside the edge (1 on the edge), full from d = feather on.
     """
     alpha = pixel_masks[:, None].float()  # (B, 1, H, W), 1 = take decoded
+    check_run_options(feather=feather, image_size=max(alpha.shape[-2:]))
     if feather > 0:
         # a mask pixel d pixels inside the edge (d = 1 on the edge, chessboard distance)
         # survives d - 1 erosions: the mean of the mask and its first feather - 1 erosions
         # is min(d, feather) / feather, > 0 everywhere inside the mask, 0 outside
-        eroded, ramps = alpha, [alpha]
+        # (summed as they come: memory does not grow with `feather`)
+        eroded, total = alpha, alpha.clone()
         for _ in range(feather - 1):
             eroded = -F.max_pool2d(-eroded, 3, stride=1, padding=1)
-            ramps.append(eroded)
-        alpha = torch.stack(ramps).mean(0)
+            total += eroded
+        alpha = total / feather
     mixed = alpha * decoded.float() + (1 - alpha) * original.float()
     return mixed.round().clamp(0, 255).to(torch.uint8)
 

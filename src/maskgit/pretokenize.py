@@ -10,7 +10,6 @@ from tqdm import tqdm
 from maskgit.checkpoint import load_model, read_metadata
 from maskgit.config import Preset
 from maskgit.data import DataError, load_folder, load_tokens, save_tokens, to_model_range
-from maskgit.fileio import atomic_write
 from maskgit.tokenizer.model import VQGAN
 
 
@@ -69,11 +68,14 @@ def tokens_for_training(
     tokenizer_path: str | None,
     run_dir: str | Path,
     device: str | None = None,
-) -> tuple[torch.Tensor, list[str]]:
-    """Token grids for transformer training, checked against the preset.
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[str], Path | None]:
+    """Token grids for transformer training, checked against the preset, their names and the
+    tokenizer file that made them (when known).
 
-    From a token folder, or by tokenising `data_dir` on the fly. The tokenizer used is copied
-    into the run folder so that the run folder is a complete model for `MaskGIT`.
+    From a token folder, or by tokenising `data_dir` on the fly. Nothing is written: the
+    training run copies the tokenizer into its folder once its checks passed, so that the run
+    folder is a complete model for `MaskGIT` (`train.train_transformer(tokenizer=...)`).
     """
     if tokens_dir is not None:
         tokens, names, meta = load_tokens(tokens_dir)
@@ -89,12 +91,9 @@ def tokens_for_training(
             raise DataError("--data needs --tokenizer to tokenise images on the fly")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = load_model(tokenizer_file(tokenizer_path), "tokenizer", device)
-        images, names = load_folder(data_dir, tokenizer.cfg.image_size)
-        tokens = encode_images(tokenizer, images)
-    if tokenizer_path is not None:
-        source = tokenizer_file(tokenizer_path)
-        read_metadata(source)
-        target = Path(run_dir) / "tokenizer.safetensors"
-        if source.resolve() != target.resolve():  # atomically: never half a tokenizer file
-            atomic_write(target, lambda tmp: tmp.write_bytes(source.read_bytes()))
-    return tokens, names
+        images, names = load_folder(data_dir, tokenizer.cfg.image_size, progress=progress)
+        tokens = encode_images(tokenizer, images, progress=progress)
+    source = tokenizer_file(tokenizer_path) if tokenizer_path is not None else None
+    if source is not None:
+        read_metadata(source)  # a readable tokenizer file, before any training
+    return tokens, names, source

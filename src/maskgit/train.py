@@ -37,7 +37,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from maskgit.checkpoint import CheckpointError, load_state, save_model, save_state
+from maskgit.checkpoint import (
+    TOKENIZER_DIGEST_KEY,
+    CheckpointError,
+    load_state,
+    read_metadata,
+    save_model,
+    save_state,
+    weights_digest,
+)
 from maskgit.config import ConfigError, Preset, TrainingConfig, to_dict
 from maskgit.data import TensorImages, TokenDataset, split_indices, to_uint8
 from maskgit.fileio import atomic_write
@@ -408,6 +416,7 @@ class Run:
     position: Position = field(default_factory=Position)
     log: CsvLog | None = None
     autocast: Any = field(default_factory=nullcontext)
+    metadata: dict[str, str] = field(default_factory=dict)  # into every saved model file
 
     @property
     def state_path(self) -> Path:
@@ -430,9 +439,12 @@ class Run:
             "log_rows": self.log.rows if self.log is not None else 0,
         }
         save_state(state, self.state_path)
-        save_model(self.shipped(), self.out / f"{self.task.name}.safetensors")
+        self.save_model(f"{self.task.name}.safetensors")
         if tag:
-            save_model(self.shipped(), self.out / f"{self.task.name}-{tag}.safetensors")
+            self.save_model(f"{self.task.name}-{tag}.safetensors")
+
+    def save_model(self, name: str) -> None:
+        save_model(self.shipped(), self.out / name, extra=self.metadata)
 
 
 def _micro_batch(cfg: TrainingConfig, ddp: Distributed, items: int) -> int:
@@ -583,7 +595,7 @@ def _end_epoch(run: Run, val_set, progress: bool) -> dict[str, float]:
         if val_metrics and val_metrics["loss"] < run.position.best:
             run.position.best = val_metrics["loss"]
             if run.ddp.main:
-                save_model(run.shipped(), run.out / f"{run.task.name}-best.safetensors")
+                run.save_model(f"{run.task.name}-best.safetensors")
         run.save(f"epoch{epoch + 1:03d}" if (epoch + 1) % run.cfg.save_every == 0 else "")
     return val_metrics
 
@@ -633,17 +645,24 @@ def fit(
     progress: bool = True,
     on_epoch_end: Any = None,
     checkpoint_steps: int = 0,
+    metadata: dict[str, str] | None = None,
+    prepare: Any = None,
 ) -> dict[str, float]:
     """Train `task` on `train_set`; returns the last validation metrics.
 
     Everything is checked (and `latest` loaded with `resume`) before anything is written.
     `checkpoint_steps` > 0 also saves `latest` every that many optimiser steps;
-    `on_epoch_end(task, ema, epoch, out)` runs on rank 0 after each epoch's files.
+    `on_epoch_end(task, ema, epoch, out)` runs on rank 0 after each epoch's files;
+    `prepare(out)` runs on rank 0 once the checks passed, before the first file is written
+    (e.g. to copy the tokenizer in); `metadata` goes into every saved model file.
     """
     run = _start(task, train_set, cfg, Path(out), device)
+    run.metadata = dict(metadata or {})
     log_rows = _resume(run) if resume else None
     if run.ddp.main:  # only once the run can start (checks passed, `latest` loaded)
         _prepare_folder(run.out, preset)
+        if prepare is not None:
+            prepare(run.out)
     _wrap_nets(task, run.ddp, cfg.compile)
     run.log = CsvLog(run.out, run.ddp.main)
     run.log.keep_first(log_rows)
@@ -819,9 +838,17 @@ def train_transformer(
     device: str | None = None,
     progress: bool = True,
     checkpoint_steps: int = 0,
+    tokenizer: str | Path | None = None,
 ) -> dict[str, float]:
-    """Train the transformer of `preset` on token grids (N, h, w); writes to run folder `out`."""
+    """Train the transformer of `preset` on token grids (N, h, w); writes to run folder `out`.
+
+    `tokenizer` (the .safetensors file that made the tokens), when given, is copied into the
+    run folder once every check has passed, and its digest is recorded in the transformer's
+    metadata (`MaskGIT.from_pretrained` then refuses a folder whose halves do not match);
+    resuming a run whose transformer records another tokenizer is refused.
+    """
     cfg = preset.transformer_training
+    metadata, prepare = _tokenizer_pairing(tokenizer, Path(out), resume)
     flat = tokens.reshape(len(tokens), -1)
     if flat.shape[1] != preset.transformer.num_tokens:
         raise TrainingError(
@@ -851,4 +878,30 @@ def train_transformer(
         device=device,
         progress=progress,
         checkpoint_steps=checkpoint_steps,
+        metadata=metadata,
+        prepare=prepare,
     )
+
+
+def _tokenizer_pairing(tokenizer: str | Path | None, out: Path, resume: bool):
+    """(metadata, prepare) for a transformer run trained on tokens of `tokenizer` (nothing is
+    written here: `prepare` copies the tokenizer into the run folder after the checks)."""
+    if tokenizer is None:
+        return {}, None
+    source = Path(tokenizer)
+    digest = weights_digest(source)
+    target = out / "tokenizer.safetensors"
+    trained = out / "transformer.safetensors"
+    if resume and trained.is_file():
+        recorded = read_metadata(trained).get(TOKENIZER_DIGEST_KEY)
+        if recorded is not None and recorded != digest:
+            raise CheckpointError(
+                f"--resume: {trained} was trained on another tokenizer than {source}; "
+                "resume with the tokenizer the run started with"
+            )
+
+    def prepare(folder: Path) -> None:
+        if not target.exists() or source.resolve() != target.resolve():
+            atomic_write(target, lambda tmp: tmp.write_bytes(source.read_bytes()))
+
+    return {TOKENIZER_DIGEST_KEY: digest}, prepare
