@@ -295,7 +295,10 @@ def test_a_small_hole_in_a_large_image_is_filled_in_a_crop(model):
     mask = np.zeros((1000, 1000), dtype=bool)
     mask[500:505, 700:706] = True  # 6 px wide: the window is the model's size (16)
     seen = []
-    result = model.inpaint(image, mask, seed=1, on_step=lambda step: seen.append(step))
+    result = model.inpaint(
+        image, mask, seed=1, on_step=lambda step: seen.append(step), return_steps=True
+    )
+    assert result.steps[0][0].image.size == (SIZE, SIZE)  # steps stay at the model's size
     window = result.windows[0]
     assert not window.whole and window.side == SIZE  # a 16x16 crop, at full resolution
     assert window.top <= 500 and window.top + window.side >= 505

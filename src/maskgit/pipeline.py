@@ -76,7 +76,8 @@ def crop_window(mask: torch.Tensor, model_size: int, context: float = CROP_CONTE
     else:
         y0, y1 = int(rows[0]), int(rows[-1]) + 1
         x0, x1 = int(cols[0]), int(cols[-1]) + 1
-        side = max(math.ceil(context * max(y1 - y0, x1 - x0)), model_size)
+        wanted = context * max(y1 - y0, x1 - x0)  # context = infinity: always the whole
+        side = longest if wanted >= longest else max(math.ceil(wanted), model_size)
     if side >= longest:
         return Window((height - longest) // 2, (width - longest) // 2, longest, True)
 
@@ -284,7 +285,7 @@ class MaskGIT:
         batch_size: int = 32,
         on_step: StepCallback | None = None,
         first_index: int = 0,
-        context: float = CROP_CONTEXT,
+        crop_context: float = CROP_CONTEXT,
         **changes: Any,
     ) -> InpaintResult:
         """Repaint the masked pixels of each image; each comes back at its own size, and
@@ -292,7 +293,7 @@ class MaskGIT:
 
         Images of any size and aspect ratio: the mask is read at the image's size (it must
         match), the model fills a square window around the hole (`crop_window`: the hole's
-        bounding box with `context` times its side, never less than the model's resolution;
+        bounding box, `crop_context` times its side, never less than the model's resolution;
         the whole image, padded to a square, when that is as large as the image), brought to
         the model's resolution and back, and the fill is pasted into the masked pixels only.
         A model-size image fills itself, unchanged. `result.windows` says where each image
@@ -323,7 +324,7 @@ class MaskGIT:
                         f"is {hole.shape[1]}x{hole.shape[0]}: an image and its mask must have "
                         "the same size"
                     )
-                window = crop_window(hole, size, context)
+                window = crop_window(hole, size, crop_context)
                 crop, crop_mask = to_model_view(image, hole, window, size)
                 windows.append(window)
                 batch.append(crop)
