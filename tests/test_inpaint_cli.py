@@ -189,9 +189,7 @@ def test_single_files_and_one_mask_for_a_folder(capsys, lab, model_dir, tmp_path
     assert pair_inputs(lab / "images" / "c.png", lab / "masks")[0].mask.name == "c.png"
 
 
-def test_any_image_size_comes_back_at_its_size_exact_outside_the_mask(
-    capsys, tmp_path, model_dir
-):
+def test_any_image_size_comes_back_at_its_size_exact_outside_the_mask(capsys, tmp_path, model_dir):
     image = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)  # 40 wide
     (tmp_path / "images").mkdir()
     Image.fromarray(image).save(tmp_path / "images" / "wide.png")
