@@ -54,7 +54,7 @@ from maskgit.data import IMAGE_SUFFIXES
 from maskgit.decoding import DecodeStep
 from maskgit.options import DEFAULT_DECODING, DecodingOptions
 from maskgit.pipeline import outpaint_box, outpaint_canvas
-from maskgit.reader import image_tensor, mask_tensor, upright
+from maskgit.reader import fit_mask, image_tensor, mask_tensor, upright
 
 WEB_DIR = Path(__file__).parent / "web"
 SAMPLES_DIR = Path(__file__).parent / "samples" / "images"
@@ -377,7 +377,7 @@ def run_job(model: Any, job: Job) -> dict[str, Any]:
     job.phase = f"decoding step 1 of {job.total_steps}"
     if job.kind == "generate":
         out = model.generate(job.inputs["n"], job.options, return_steps=True, on_step=job.on_step)
-    else:  # inpaint and outpaint: an image (3, S, S) and its mask (S, S)
+    else:  # inpaint: an image (3, H, W) and its mask (H, W); outpaint: (3, S, S), (S, S)
         image, mask = job.inputs["image"], job.inputs["mask"]
         out = model.inpaint(image, mask, job.options, return_steps=True, on_step=job.on_step)
     job.done_steps = job.total_steps
@@ -421,6 +421,8 @@ def render_result(model: Any, out: Any) -> dict[str, Any]:
         images.append(
             {
                 "image": png_data_url(picture),
+                "width": picture.width,  # the size returned (inpaint: the input's)
+                "height": picture.height,
                 "token_mask": png_data_url(bool_png(start)),
                 "token_map": png_data_url(token_map(start, start, start)),
                 "steps": render_steps(start, out.steps[i] if out.steps else []),
@@ -465,6 +467,16 @@ def _model_image(model: Any, upload: UploadFile) -> tuple[torch.Tensor, list[str
         )
     try:
         return image_tensor(picture, size), notices
+    except ValueError as exc:
+        raise ApiError(400, f"image: {exc}") from None
+
+
+def _full_image(upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
+    """An uploaded image at its own size (uint8 (3, H, W)) and notices: inpainting returns
+    it at that size (the model fills a window around the hole, `MaskGIT.inpaint`)."""
+    picture, notices = read_upload(_read_file(upload, "image"), "image")
+    try:
+        return image_tensor(picture, None), notices
     except ValueError as exc:
         raise ApiError(400, f"image: {exc}") from None
 
@@ -570,15 +582,22 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
         image: Annotated[UploadFile | None, File()] = None,
         mask: Annotated[UploadFile | None, File()] = None,
     ) -> dict[str, Any]:
-        model = jobs.require_model()
+        jobs.require_model()
         _missing(image=image, mask=mask)
         options = form_options(fields)
-        pixels, notices = _model_image(model, image)
+        pixels, notices = _full_image(image)
         painted, mask_notices = read_upload(_read_file(mask, "mask"), "mask")
         try:  # white = repaint, transparent = keep (the reader's rule)
-            repaint = mask_tensor(painted, int(model.image_size), "white-repaint")
+            repaint = mask_tensor(painted, None, "white-repaint")
         except ValueError as exc:
             raise ApiError(400, f"mask: {exc}") from None
+        height, width = pixels.shape[1:]
+        if tuple(repaint.shape) != (height, width):  # a pixel is repainted if any part is
+            mask_notices.append(
+                f"the mask ({repaint.shape[1]}x{repaint.shape[0]}) was fitted to the image "
+                f"({width}x{height})"
+            )
+            repaint = fit_mask(repaint, (height, width))
         if not repaint.any():
             raise ApiError(400, EMPTY_MASK_MESSAGE)
         inputs = {"image": pixels, "mask": repaint}
