@@ -91,6 +91,7 @@ def main() -> None:
         if size != model.image_size:
             images, masks = upscale(test.truth, test.masks, size)
         truth_features = inception.features(images)
+        previous = None
         for path, crop_context in (("crop", None), ("whole", math.inf)):
             started = time.perf_counter()
             kwargs = {} if crop_context is None else {"crop_context": crop_context}
@@ -98,7 +99,12 @@ def main() -> None:
             seconds = time.perf_counter() - started
             known = ~masks[:, None].expand_as(out)
             assert torch.equal(out[known], images[known]), "pixels outside the mask changed"
-            fid = fid_from_features(inception.features(out), truth_features)
+            if previous is not None and torch.equal(out, previous[0]):
+                features = previous[1]  # the same images (every window whole): same scores
+            else:
+                features = inception.features(out)
+            previous = (out, features)
+            fid = fid_from_features(features, truth_features)
             psnr = masked_psnr(out.float() / 255, images.float() / 255, masks)
             crops = sum(not w.whole for w in windows)
             side = np.mean([w.side for w in windows])
