@@ -1,6 +1,6 @@
 """Crop path vs whole-image path of `MaskGIT.inpaint` on images larger than the model.
 
-The test split (64x64 emoji, white = repaint masks) is upscaled to --size (bicubic images,
+The test split (64x64 emoji, white = repaint masks) is upscaled to each of --sizes (bicubic images,
 nearest masks: each mask pixel becomes a block, so the hole is the same region) and inpainted
 two ways, both pasted back into the masked pixels at full resolution:
     crop    the default: a square window around the hole (`pipeline.crop_window`, the hole's
@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the embedded one)")
     parser.add_argument("--images", required=True, help="test images (the ground truth)")
     parser.add_argument("--masks", required=True, help="masks with the same names (white = hole)")
-    parser.add_argument("--size", type=int, default=256, help="upscaled side")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[64, 256], help="sides to score (64: the originals)"
+    )
     parser.add_argument("--limit", type=int, default=0, help="evenly spaced subset (0 = all)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -86,7 +88,7 @@ def main() -> None:
         "| seconds |"
     )
     print("|---|---|---|---|---|---|---|")
-    for size in (model.image_size, args.size):
+    for size in args.sizes:
         images, masks = test.images, test.masks
         if size != model.image_size:
             images, masks = upscale(test.truth, test.masks, size)
