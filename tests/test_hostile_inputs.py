@@ -222,16 +222,16 @@ def test_decompression_bomb_over_pils_own_limit(tmp_path, capsys):
     assert str(bomb) in str(info.value)
 
 
-def test_one_pixel_image_is_resized(files, tmp_path, capsys):
-    """Decision: any size is accepted and resized to the model's (a one-line note says so);
-    its mask must have the same size as the image."""
+def test_one_pixel_image_comes_back_at_its_size(files, tmp_path, capsys):
+    """Decision: any size is accepted and comes back at its own size (the model fills it
+    enlarged to its resolution); its mask must have the same size as the image."""
     image = write_image(tmp_path / "images" / "a.png", size=1)
     mask = write_mask(tmp_path / "masks1" / "a.png", size=1)
     code, out, lines = inpaint(capsys, files, image.parent, tmp_path / "out", masks=mask.parent)
     assert code == 0, lines
-    assert len(lines) == 1 and lines[0].startswith("note: ") and "resized" in lines[0], lines
+    assert not lines, lines
     with Image.open(tmp_path / "out" / "a.png") as result:
-        assert result.size == (SIZE, SIZE) and result.mode == "RGB"
+        assert result.size == (1, 1) and result.mode == "RGB"
     # with the usual 16x16 mask: sizes differ -> an error naming both
     result = inpaint(capsys, files, image.parent, tmp_path / "out2")
     assert_error(result, 2, image, files["masks"] / "a.png", "1x1", "16x16")

@@ -189,14 +189,23 @@ def test_single_files_and_one_mask_for_a_folder(capsys, lab, model_dir, tmp_path
     assert pair_inputs(lab / "images" / "c.png", lab / "masks")[0].mask.name == "c.png"
 
 
-def test_other_image_size_is_resized_with_a_notice(capsys, tmp_path, model_dir):
-    write_image(tmp_path / "images" / "big.png", size=2 * SIZE)
-    write_mask(tmp_path / "masks" / "big.png", hole(2 * SIZE))
-    code, _, err = run(capsys, *inpaint_args(tmp_path, model_dir, tmp_path / "out"))
+def test_any_image_size_comes_back_at_its_size_exact_outside_the_mask(capsys, tmp_path, model_dir):
+    image = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)  # 40 wide
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "wide.png")
+    repaint = np.zeros((24, 40), dtype=bool)
+    repaint[6:18, 10:30] = True
+    write_mask(tmp_path / "masks" / "wide.png", repaint)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, *inpaint_args(tmp_path, model_dir, out, "--save-steps"))
     assert code == 0, err
-    notice = [line for line in err.splitlines() if line.startswith("note:")]
-    assert len(notice) == 1 and "big.png (32x32)" in notice[0] and "16x16" in notice[0]
-    assert Image.open(tmp_path / "out" / "big.png").size == (SIZE, SIZE)
+    assert not [line for line in err.splitlines() if line.startswith("note:")]
+    result = np.asarray(Image.open(out / "wide.png"))
+    assert result.shape == (24, 40, 3)  # not squashed to the model's 16x16
+    np.testing.assert_array_equal(result[~repaint], image[~repaint])
+    assert (out / "steps" / "wide_steps.png").is_file()
+    with Image.open(out / "steps" / "wide_compare.png") as compare:  # input | result, full size
+        assert compare.width > compare.height
 
 
 def test_generate_writes_n_images_and_visuals(capsys, tmp_path, model_dir):

@@ -254,13 +254,90 @@ def test_a_batch_of_masks_as_one_tensor(model):
     assert_same_images(result.images, listed.images)
 
 
-def test_an_image_of_another_size_is_resized_to_the_model(model):
+def test_an_image_of_another_size_comes_back_at_its_own_size(model):
     big = random_images(1, seed=13, size=2 * SIZE)[0]
     nothing = Image.new("L", big.size, 0)
     result = model.inpaint(big, nothing)
-    assert result.images[0].size == (SIZE, SIZE)
-    expected = np.asarray(big.resize((SIZE, SIZE), Image.BICUBIC))
-    np.testing.assert_array_equal(np.asarray(result.images[0]), expected)
+    assert_same_images(result.images, [big])  # nothing to repaint: the input, full size
+
+
+def test_a_200x120_image_comes_back_200x120_and_exact_outside_the_mask(model):
+    rng = np.random.default_rng(21)
+    image = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)  # (H, W, 3): 200 wide
+    mask = np.zeros((120, 200), dtype=bool)
+    mask[30:70, 50:110] = True
+    for feather in (0, 3):
+        out = np.asarray(model.inpaint(image, mask, seed=2, feather=feather).images[0])
+        assert out.shape == (120, 200, 3)
+        np.testing.assert_array_equal(out[~mask], image[~mask])
+        assert (out[mask] != image[mask]).any()  # the hole was repainted
+
+
+def test_a_model_size_image_gives_the_same_result_as_the_plain_path(model):
+    """No regression: at the model's size the window is the image itself, and the result
+    is the decoder's output pasted into the mask, as before any-size support."""
+    images = random_images(2, seed=22)
+    masks = [box_mask(), box_mask(0, 6, 3, 16)]
+    options = DecodingOptions(seed=4, steps=5)
+    batch = torch.stack([torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in arrays(images)])
+    decoded, _, _ = model.decode_batch(batch, torch.stack(masks), options)
+    for feather in (0, 2):
+        plain = paste_known(batch, decoded, torch.stack(masks), feather)
+        result = model.inpaint(images, masks, options, feather=feather)
+        assert [w.whole and w.side == SIZE for w in result.windows] == [True, True]
+        expected = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in plain]
+        assert_same_images(result.images, expected)
+
+
+def test_a_small_hole_in_a_large_image_is_filled_in_a_crop(model):
+    rng = np.random.default_rng(23)
+    image = rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    mask = np.zeros((1000, 1000), dtype=bool)
+    mask[500:505, 700:706] = True  # 6 px wide: the window is the model's size (16)
+    seen = []
+    result = model.inpaint(
+        image, mask, seed=1, on_step=lambda step: seen.append(step), return_steps=True
+    )
+    assert result.steps[0][0].image.size == (SIZE, SIZE)  # steps stay at the model's size
+    window = result.windows[0]
+    assert not window.whole and window.side == SIZE  # a 16x16 crop, at full resolution
+    assert window.top <= 500 and window.top + window.side >= 505
+    assert window.left <= 700 and window.left + window.side >= 706
+    assert seen[0].tokens.shape == (1, GRID * GRID)  # the model saw one 16x16 crop
+    out = np.asarray(result.images[0])
+    assert out.shape == (1000, 1000, 3)
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+
+
+def test_crop_window_rules():
+    from maskgit.pipeline import crop_window
+
+    def hole(h, w, y0, y1, x0, x1):
+        m = torch.zeros(h, w, dtype=torch.bool)
+        m[y0:y1, x0:x1] = True
+        return m
+
+    # 20 px hole in 400x300: side 2 x 20 = 40, centred on the hole
+    w = crop_window(hole(300, 400, 100, 120, 200, 220), 16)
+    assert (w.top, w.left, w.side, w.whole) == (90, 190, 40, False)
+    # near a corner: shifted inside the image, no padding
+    w = crop_window(hole(300, 400, 0, 20, 390, 400), 16)
+    assert (w.top, w.left, w.side) == (0, 360, 40)
+    # a window taller than a wide image: centred vertically (padding), kept inside in x
+    w = crop_window(hole(50, 400, 10, 40, 100, 160), 16)
+    assert (w.top, w.left, w.side, w.whole) == (-35, 70, 120, False)
+    # a large hole: the whole image, centred in a square
+    w = crop_window(hole(120, 200, 10, 110, 20, 180), 16)
+    assert (w.top, w.left, w.side, w.whole) == (-40, 0, 200, True)
+    # an empty mask, a model-size image
+    assert crop_window(torch.zeros(16, 16, dtype=torch.bool), 16) == crop_window(
+        hole(16, 16, 4, 6, 4, 6), 16
+    )
+
+
+def test_the_mask_must_have_the_image_size(model):
+    with pytest.raises(ValueError, match="same size"):
+        model.inpaint(random_images(1, size=32)[0], box_mask())
 
 
 def test_shrinking_a_mask_keeps_thin_strokes(model):

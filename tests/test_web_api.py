@@ -186,22 +186,22 @@ def test_health_and_page(base):
 
 
 def test_inpaint_end_to_end(base):
-    source = make_image(24)  # resized server-side to 16x16 like the pipeline does
-    status, answer = submit_inpaint(base, png(source), png(centre_mask()), steps="5")
+    source = make_image(24)  # not the model's 16x16: comes back 24x24
+    status, answer = submit_inpaint(base, png(source), png(centre_mask(24)), steps="5")
     assert status == 200, answer
     job = wait_job(base, answer["job_id"])
     assert job["status"] == "done", job
     assert job["progress"] == {"done": 5, "total": 5}
-    assert any("resized" in note for note in job["notices"])
+    assert job["notices"] == []
     result = job["result"]
     assert result["image_size"] == SIZE and len(result["images"]) == 1
-    expected_input = np.asarray(Image.fromarray(source).resize((SIZE, SIZE), Image.BICUBIC))
+    expected_input = source
     np.testing.assert_array_equal(from_data_url(result["input"]), expected_input)
     mask = from_data_url(result["mask"]) > 127
-    np.testing.assert_array_equal(mask, centre_mask() > 0)
+    np.testing.assert_array_equal(mask, centre_mask(24) > 0)
     entry = result["images"][0]
     out = from_data_url(entry["image"])
-    assert out.shape == (SIZE, SIZE, 3)
+    assert out.shape == (24, 24, 3) and (entry["width"], entry["height"]) == (24, 24)
     np.testing.assert_array_equal(out[~mask], expected_input[~mask])  # known pixels exact
     assert len(entry["steps"]) == 5
     assert [s["step"] for s in entry["steps"]] == [1, 2, 3, 4, 5]
@@ -474,8 +474,12 @@ def test_an_upload_is_used_as_the_browser_shows_it(base):
     status, answer = submit_inpaint(base, buffer.getvalue(), png(centre_mask()))
     assert status == 200, answer
     job = wait_job(base, answer["job_id"])
-    shown = from_data_url(job["result"]["input"])  # resized from 8x16 (w x h) to 16x16
+    shown = from_data_url(job["result"]["input"])  # 8x16 (w x h), as displayed
+    assert shown.shape == (SIZE, SIZE // 2, 3)
     assert shown[:3].min() == 255 and shown[-3:].max() == 0
+    assert any("fitted to the image (8x16)" in note for note in job["notices"])  # 16x16 mask
+    result = from_data_url(job["result"]["images"][0]["image"])
+    assert result.shape == (SIZE, SIZE // 2, 3)
 
 
 def test_outpaint_generates_around_the_shrunk_image(base):

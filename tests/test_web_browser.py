@@ -124,7 +124,7 @@ def test_inpaint_in_a_real_browser(tmp_path):
     save_model(VQGAN(preset.tokenizer), model_dir / "tokenizer.safetensors")
     save_model(BidirectionalTransformer(preset.transformer), model_dir / "transformer.safetensors")
 
-    # a colourful 48x48 picture: the server resizes it to the model's 16x16
+    # a colourful 48x48 picture (the model works at 16x16): it comes back 48x48
     y, x = np.mgrid[0:48, 0:48]
     picture = np.stack([x * 5, y * 5, np.where((x // 12 + y // 12) % 2 == 0, 230, 30)], -1).astype(
         np.uint8
@@ -189,14 +189,16 @@ def test_inpaint_in_a_real_browser(tmp_path):
 
             # the mask the server used is the one painted on the page...
             np.testing.assert_array_equal(used_mask, page_mask)
-            assert used_mask[4:10, 4:12].all(), "rectangle (canvas 96..288 x 96..240) missing"
-            assert used_mask[13, 2:5].all(), "brush stroke along canvas y=330 missing"
-            assert not used_mask[0, :].any() and not used_mask[:, 15].any()
-            # ...the input is the upload at model size...
-            expected = np.asarray(Image.fromarray(picture).resize((SIZE, SIZE), Image.BICUBIC))
-            np.testing.assert_array_equal(seen, expected)
-            # ...and the result keeps it exactly outside the mask and repaints inside
-            assert result.shape == (SIZE, SIZE, 3)
+            # at the picture's own size (48 px on the 384 px canvas: 8 canvas px a pixel)
+            assert used_mask.shape == (48, 48)
+            assert used_mask[13:29, 13:35].all(), "rectangle (canvas 96..288 x 96..240) missing"
+            assert used_mask[41, 6:14].all(), "brush stroke along canvas y=330 missing"
+            assert not used_mask[0, :].any() and not used_mask[:, 47].any()
+            # ...the input is the upload itself...
+            np.testing.assert_array_equal(seen, picture)
+            # ...and the result, at its size, keeps it exactly outside the mask, repaints inside
+            assert result.shape == (48, 48, 3)
+            assert "48×48" in page.inner_text("#result-size")
             np.testing.assert_array_equal(result[~used_mask], seen[~used_mask])
             inside = np.abs(result[used_mask].astype(int) - seen[used_mask].astype(int))
             assert inside.mean() > 3, f"the masked area barely changed ({inside.mean():.2f})"

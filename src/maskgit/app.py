@@ -57,7 +57,7 @@ from maskgit.data import IMAGE_SUFFIXES
 from maskgit.decoding import DecodeStep
 from maskgit.options import DEFAULT_DECODING, DecodingOptions
 from maskgit.pipeline import outpaint_box, outpaint_canvas
-from maskgit.reader import image_tensor, mask_tensor, upright
+from maskgit.reader import fit_mask, image_tensor, mask_tensor, upright
 
 WEB_DIR = Path(__file__).parent / "web"
 SAMPLES_DIR = Path(__file__).parent / "samples" / "images"
@@ -422,7 +422,7 @@ def run_job(model: Any, job: Job) -> dict[str, Any]:
     job.phase = f"decoding step 1 of {job.total_steps}"
     if job.kind == "generate":
         out = model.generate(job.inputs["n"], job.options, return_steps=True, on_step=job.on_step)
-    else:  # inpaint and outpaint: an image (3, S, S) and its mask (S, S)
+    else:  # inpaint: an image (3, H, W) and its mask (H, W); outpaint: (3, S, S), (S, S)
         image, mask = job.inputs["image"], job.inputs["mask"]
         out = model.inpaint(image, mask, job.options, return_steps=True, on_step=job.on_step)
     job.done_steps = job.total_steps
@@ -466,6 +466,8 @@ def render_result(model: Any, out: Any) -> dict[str, Any]:
         images.append(
             {
                 "image": png_data_url(picture),
+                "width": picture.width,  # the size returned (inpaint: the input's)
+                "height": picture.height,
                 "token_mask": png_data_url(bool_png(start)),
                 "token_map": png_data_url(token_map(start, start, start)),
                 "steps": render_steps(start, out.steps[i] if out.steps else []),
@@ -537,13 +539,21 @@ def _model_image(model: Any, upload: UploadFile) -> tuple[torch.Tensor, list[str
         return _converted("image", lambda: image_tensor(picture, size)), notices
 
 
-def _model_mask(model: Any, upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
-    """An uploaded mask (white = repaint, transparent = keep) as bool (S, S) and notices."""
+def _full_image(upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
+    """An uploaded image at its own size (uint8 (3, H, W)) and notices: inpainting returns
+    it at that size (the model fills a window around the hole, `MaskGIT.inpaint`)."""
+    data = _read_file(upload, "image")
+    with decode_slot():
+        picture, notices = read_upload(data, "image")
+        return _converted("image", lambda: image_tensor(picture, None)), notices
+
+
+def _full_mask(upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
+    """An uploaded mask at its own size (white = repaint, transparent = keep): bool (H, W)."""
     data = _read_file(upload, "mask")
     with decode_slot():
         painted, notices = read_upload(data, "mask")
-        size = int(model.image_size)
-        return _converted("mask", lambda: mask_tensor(painted, size, "white-repaint")), notices
+        return _converted("mask", lambda: mask_tensor(painted, None, "white-repaint")), notices
 
 
 def _missing(**uploads: UploadFile | None) -> None:
@@ -727,11 +737,18 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
         image: Annotated[UploadFile | None, File()] = None,
         mask: Annotated[UploadFile | None, File()] = None,
     ) -> dict[str, Any]:
-        model = jobs.require_model()
+        jobs.require_model()
         _missing(image=image, mask=mask)
         options = form_options(fields)
-        pixels, notices = _model_image(model, image)
-        repaint, mask_notices = _model_mask(model, mask)  # white = repaint, transparent = keep
+        pixels, notices = _full_image(image)
+        repaint, mask_notices = _full_mask(mask)  # white = repaint, transparent = keep
+        height, width = pixels.shape[1:]
+        if tuple(repaint.shape) != (height, width):  # a pixel is repainted if any part is
+            mask_notices.append(
+                f"the mask ({repaint.shape[1]}x{repaint.shape[0]}) was fitted to the image "
+                f"({width}x{height})"
+            )
+            repaint = fit_mask(repaint, (height, width))
         if not repaint.any():
             raise ApiError(400, EMPTY_MASK_MESSAGE)
         inputs = {"image": pixels, "mask": repaint}

@@ -816,7 +816,8 @@ COMMANDS = (
         cmd_inpaint,
         description="Repaint the masked pixels of each image by iterative decoding; pixels "
         "outside the mask stay exact. Images and masks pair by equal file name; outputs are "
-        "PNGs with the input names at the model's resolution.",
+        "PNGs with the input names, each at its input's size (the model fills a square "
+        "around the hole at its own resolution; --save-steps pictures show those steps).",
     ),
     Command(
         "outpaint",

@@ -11,10 +11,12 @@ An image without a mask is an error that lists the names. Masks without an image
 
 Everything is checked before the first output is written: pairing, readability (an
 unreadable or empty file raises `maskgit.data.DataError` naming it), image/mask sizes (must be
-equal), ground truth, options. Images of another size than the model's are resized to it by
-the pipeline's rule (see `maskgit.pipeline`) and a one-line notice says so; outputs are PNG
-files at the model's resolution named after the inputs (`foo.jpg` -> `foo.png`), each written
-to a temporary name and renamed, so no half-written file is ever left behind.
+equal), ground truth, options. Images of any size and aspect ratio are inpainted at their
+own size (the model fills a window around the hole, see `maskgit.pipeline.MaskGIT.inpaint`);
+outputs are PNG files of the input's size, equal to the input outside the mask, named after
+the inputs (`foo.jpg` -> `foo.png`), each written to a temporary name and renamed, so no
+half-written file is ever left behind. Step pictures (--save-steps) show the model's steps at
+its resolution.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from maskgit.pipeline import (
     outpaint_box,
     outpaint_canvas,
 )
-from maskgit.reader import check_convention, fit_mask, image_tensor, read_image, read_mask
+from maskgit.reader import check_convention, image_tensor, read_image, read_mask
 from maskgit.visualize import masked_preview, save_png, save_step_visuals
 
 STEPS_FOLDER = "steps"  # step visuals go to <out>/steps/
@@ -137,20 +139,18 @@ def pair_inputs(images: str | Path, masks: str | Path, gt: str | Path | None = N
 
 @dataclass
 class LoadedInputs:
-    """Validated inputs at the model's size."""
+    """Validated inputs, each at its own size."""
 
     pairs: list[Pair]
-    images: list[torch.Tensor]  # uint8 (3, S, S)
-    masks: list[torch.Tensor]  # bool (S, S), True = repaint
+    images: list[torch.Tensor]  # uint8 (3, H, W)
+    masks: list[torch.Tensor]  # bool (H, W), True = repaint
     ground_truths: list[Image.Image | None]
-    resized: list[str]  # "name (WxH)" of the images that were not S x S
 
 
 def load_inputs(model: MaskGIT, pairs: Sequence[Pair], mask_convention: str) -> LoadedInputs:
-    """Read every file of `pairs`, check sizes, convert to the model's size (nothing written)."""
+    """Read every file of `pairs` at its own size and check sizes (nothing written)."""
     check_convention(mask_convention)
-    size = model.image_size
-    loaded = LoadedInputs(list(pairs), [], [], [], [])
+    loaded = LoadedInputs(list(pairs), [], [], [])
     mask_cache: dict[Path, torch.Tensor] = {}
     for pair in pairs:
         array = read_image(pair.image)
@@ -163,13 +163,11 @@ def load_inputs(model: MaskGIT, pairs: Sequence[Pair], mask_convention: str) -> 
                 f"is {mask.shape[1]}x{mask.shape[0]}: an image and its mask must have the "
                 "same size"
             )
-        if array.shape[:2] != (size, size):
-            loaded.resized.append(f"{pair.image.name} ({array.shape[1]}x{array.shape[0]})")
-        loaded.images.append(image_tensor(array, size))
-        loaded.masks.append(fit_mask(mask, size))
+        loaded.images.append(image_tensor(array, None))
+        loaded.masks.append(mask)
         truth = None
         if pair.ground_truth is not None:
-            truth = Image.fromarray(read_image(pair.ground_truth, size))
+            truth = Image.fromarray(read_image(pair.ground_truth))
         loaded.ground_truths.append(truth)
     return loaded
 
@@ -212,7 +210,7 @@ def _write_batches(
     progress: bool = True,
     desc: str = "inpainting",
 ) -> list[Path]:
-    """Decode uint8 images (3, S, S) with bool masks (S, S) by batches; write `<name>.png`.
+    """Decode uint8 images (3, H, W) with bool masks (H, W) by batches; write `<name>.png`.
 
     Image i uses options.seed + i, so results do not depend on `batch_size`.
     """
@@ -275,13 +273,6 @@ def inpaint_folder(
     pairs = pair_inputs(images, masks, gt)
     _check_pairs(out, pairs, save_steps)
     inputs = load_inputs(model, pairs, mask_convention)
-    if inputs.resized and log is not None:
-        size = model.image_size
-        log(
-            f"note: {len(inputs.resized)} of {len(pairs)} image(s) are not {size}x{size} "
-            f"(e.g. {inputs.resized[0]}); resized to {size}x{size} (images bicubic, masks "
-            f"keep every repainted pixel), outputs are {size}x{size}"
-        )
     names = [Path(pair.output_name).stem for pair in pairs]
     return _write_batches(
         model,

@@ -3,13 +3,15 @@
 Inputs may be PIL images, NumPy arrays or torch tensors, read by `maskgit.reader` (its
 docstring has the rules for dtypes, transparency and resizing); masks likewise, with
 `mask_convention` for mask images, or bool arrays/tensors (H, W) in the package convention
-(True = repaint). Results come out at the model's resolution as PIL images. Decoding is set
+(True = repaint). Results come out as PIL images at each input's own size (`MaskGIT.inpaint`
+says how the model, which works at its own square resolution, fills any size). Decoding is set
 by a `maskgit.options.DecodingOptions` (default DEFAULT_DECODING, the shipped model's best)
 and/or its fields as keywords (`model.inpaint(image, mask, steps=12)`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +28,118 @@ from maskgit.decoding import DecodeStep, StepCallback, decode
 from maskgit.fill import classical_fill
 from maskgit.masking import pixel_to_token_mask
 from maskgit.options import DecodingOptions, resolve
-from maskgit.reader import ImageLike, image_tensor, mask_tensor
+from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor, resize_image
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "emoji-demo"
 MASKED_PIXEL_VALUE = 255  # canvas colour of unknown pixels (outpaint, generate, previews)
+# The model fills a square window whose side is CROP_CONTEXT times the hole's bounding-box
+# side (so a hole keeps at least its own size of context on every side), at least the model's
+# resolution (a smaller window would only be enlarged).
+CROP_CONTEXT = 2.0
+# Where a window reaches outside the image (a non-square image, or a window larger than the
+# image's short side), it is padded with white, marked known: white is the background the
+# emoji models are trained on and the colour transparency is composited on (reader), so the
+# tokenizer reads the padding as plain background; edge replication would instead smear the
+# border pixels into stripes that the transformer takes as content to continue. The padding is
+# never repainted and never pasted back.
+PAD_VALUE = MASKED_PIXEL_VALUE
+
+
+@dataclass(frozen=True)
+class Window:
+    """A square `side` x `side` window of an image, its top-left corner at (top, left);
+    negative or overhanging coordinates are outside the image (padding)."""
+
+    top: int
+    left: int
+    side: int
+    whole: bool  # the window holds the whole image (padded to a square)
+
+
+def crop_window(mask: torch.Tensor, model_size: int, context: float = CROP_CONTEXT) -> Window:
+    """The square window the model fills for a bool mask (H, W), True = repaint.
+
+    Side: `context` times the longer side of the mask's bounding box, at least `model_size`.
+    The window is centred on the box and shifted to lie inside the image where it fits (no
+    padding); when the side reaches the image's longer side (a large hole, a small image, an
+    empty mask) the window is the whole image, centred in a square (white padding, PAD_VALUE).
+    """
+    if context < 1:
+        raise ValueError(f"context={context}: expected at least 1 (the window holds the hole)")
+    height, width = (int(v) for v in mask.shape)
+    longest = max(height, width)
+    rows, cols = torch.nonzero(mask.any(1)), torch.nonzero(mask.any(0))
+    if len(rows) == 0:
+        side = longest
+    else:
+        y0, y1 = int(rows[0]), int(rows[-1]) + 1
+        x0, x1 = int(cols[0]), int(cols[-1]) + 1
+        wanted = context * max(y1 - y0, x1 - x0)  # context = infinity: always the whole
+        side = longest if wanted >= longest else max(math.ceil(wanted), model_size)
+    if side >= longest:
+        return Window((height - longest) // 2, (width - longest) // 2, longest, True)
+
+    def start(lo: int, hi: int, extent: int) -> int:
+        if side > extent:  # the window overhangs this axis: centred on the image, padded
+            return (extent - side) // 2
+        return min(max((lo + hi - side) // 2, 0), extent - side)
+
+    return Window(start(y0, y1, height), start(x0, x1, width), side, False)
+
+
+def _overlap(window: Window, height: int, width: int) -> tuple[slice, slice, slice, slice]:
+    """(image rows, image cols, window rows, window cols) of the part inside the image."""
+    iy0, iy1 = max(window.top, 0), min(window.top + window.side, height)
+    ix0, ix1 = max(window.left, 0), min(window.left + window.side, width)
+    return (
+        slice(iy0, iy1),
+        slice(ix0, ix1),
+        slice(iy0 - window.top, iy1 - window.top),
+        slice(ix0 - window.left, ix1 - window.left),
+    )
+
+
+def to_model_view(
+    image: torch.Tensor, mask: torch.Tensor, window: Window, model_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window of uint8 `image` (3, H, W) and bool `mask` (H, W) at the model's size:
+    (uint8 (3, S, S), bool (S, S)). Padding is white and known; the image is resized bicubic
+    (aspect kept: the window is square), the mask by the any-part rule (`fit_mask`)."""
+    rows, cols, wrows, wcols = _overlap(window, *image.shape[1:])
+    if window.top == 0 and window.left == 0 and tuple(image.shape[1:]) == (window.side,) * 2:
+        crop, crop_mask = image, mask  # the whole square image: no copy
+    else:
+        crop = torch.full((3, window.side, window.side), PAD_VALUE, dtype=torch.uint8)
+        crop_mask = torch.zeros(window.side, window.side, dtype=torch.bool)
+        crop[:, wrows, wcols] = image[:, rows, cols]
+        crop_mask[wrows, wcols] = mask[rows, cols]
+    if window.side != model_size:
+        crop = _resize(crop, model_size)
+        crop_mask = fit_mask(crop_mask, model_size)
+    return crop, crop_mask
+
+
+def _resize(image: torch.Tensor, side: int) -> torch.Tensor:
+    """uint8 (3, s, s) -> (3, side, side), bicubic (the reader's resize)."""
+    array = resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()), side)
+    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def paste_window(
+    image: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor, window: Window, feather: int = 0
+) -> torch.Tensor:
+    """`image` (uint8 (3, H, W)) with the model's `fill` (uint8 (3, S, S) of `window`)
+    brought back to the window's resolution and pasted into the masked pixels only."""
+    if window.side != fill.shape[-1]:
+        fill = _resize(fill, window.side)
+    rows, cols, wrows, wcols = _overlap(window, *image.shape[1:])
+    out = image.clone()
+    out[:, rows, cols] = paste_known(
+        image[None, :, rows, cols], fill[None, :, wrows, wcols], mask[None, rows, cols], feather
+    )[0]
+    return out
 
 
 @dataclass
@@ -48,6 +156,7 @@ class InpaintResult:
     images: list[Image.Image]
     steps: list[list[StepFrame]] = field(default_factory=list)  # per image, per step
     token_masks: list[np.ndarray] = field(default_factory=list)  # (h, w) at the start
+    windows: list[Window] = field(default_factory=list)  # where each image was filled
 
 
 class MaskGIT:
@@ -177,14 +286,24 @@ class MaskGIT:
         batch_size: int = 32,
         on_step: StepCallback | None = None,
         first_index: int = 0,
+        crop_context: float = CROP_CONTEXT,
         **changes: Any,
     ) -> InpaintResult:
-        """Repaint the masked pixels of each image; pixels outside the mask stay exact.
+        """Repaint the masked pixels of each image; each comes back at its own size, and
+        pixels outside the mask stay exact.
 
+        Images of any size and aspect ratio: the mask is read at the image's size (it must
+        match), the model fills a square window around the hole (`crop_window`: the hole's
+        bounding box, `crop_context` times its side, never less than the model's resolution;
+        the whole image, padded to a square, when that is as large as the image), brought to
+        the model's resolution and back, and the fill is pasted into the masked pixels only.
+        A model-size image fills itself, unchanged. `result.windows` says where each image
+        was filled; step frames and token masks are at the model's resolution.
         `options` (default DEFAULT_DECODING) with keyword `changes` (its field names) say
-        how to decode; image i uses the seed options.seed + first_index + i. `feather` > 0 blends the generated content into the hole over that
-        many pixels inside the mask edge (outside the mask nothing changes). `on_step` sees
-        every decoding step of every batch (maskgit.decoding.DecodeStep).
+        how to decode; image i uses the seed options.seed + first_index + i. `feather` > 0
+        blends the generated content into the hole over that many pixels inside the mask
+        edge (outside the mask nothing changes). `on_step` sees every decoding step of every
+        batch (maskgit.decoding.DecodeStep).
         """
         options = resolve(options, **changes)
         check_run_options(batch_size=batch_size, feather=feather, image_size=self.image_size)
@@ -194,20 +313,36 @@ class MaskGIT:
         size = self.image_size
         result = InpaintResult([])
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([image_tensor(x, size) for x in images[start : start + batch_size]])
-            pmask = torch.stack(
-                [mask_tensor(m, size, mask_convention) for m in masks[start : start + batch_size]]
-            )
+            full = [image_tensor(x, None) for x in images[start : start + batch_size]]
+            holes = [
+                mask_tensor(m, None, mask_convention) for m in masks[start : start + batch_size]
+            ]
+            windows, batch, pmask = [], [], []
+            for index, (image, hole) in enumerate(zip(full, holes, strict=True)):
+                if tuple(hole.shape) != tuple(image.shape[1:]):
+                    raise ValueError(
+                        f"image {start + index} is {image.shape[2]}x{image.shape[1]} but its mask "
+                        f"is {hole.shape[1]}x{hole.shape[0]}: an image and its mask must have "
+                        "the same size"
+                    )
+                window = crop_window(hole, size, crop_context)
+                crop, crop_mask = to_model_view(image, hole, window, size)
+                windows.append(window)
+                batch.append(crop)
+                pmask.append(crop_mask)
+            batch_t, pmask_t = torch.stack(batch), torch.stack(pmask)
             decoded, token_masks, records = self.decode_batch(
-                batch,
-                pmask,
+                batch_t,
+                pmask_t,
                 options,
                 first_index=first_index + start,
                 return_steps=return_steps,
                 on_step=on_step,
             )
-            merged = paste_known(batch, decoded, pmask, feather)
-            result.images += [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in merged]
+            for image, hole, window, fill in zip(full, holes, windows, decoded, strict=True):
+                merged = paste_window(image, hole, fill, window, feather)
+                result.images.append(Image.fromarray(merged.permute(1, 2, 0).numpy()))
+            result.windows += windows
             result.token_masks += [m.numpy() for m in token_masks]
             if return_steps:
                 result.steps += self._frames(records, len(batch))

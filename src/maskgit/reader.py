@@ -12,7 +12,8 @@ Images -> uint8 RGB. One rule for values, whatever the container:
     floats                           values in [0, 1]
 Anything else (bool, complex, values out of range, NaN) is refused with a message. Arrays are
 (H, W), (H, W, C) or tensors (C, H, W), C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA);
-transparency is composited on white. Resizing to the model: bicubic, aspect ratio not kept.
+transparency is composited on white. The pipeline reads images and masks at their own size
+(see `maskgit.pipeline` for how it fits them to the model); `resize_image`: bicubic.
 
 Masks -> bool, True = repaint (the package convention, see maskgit.masking). A bool array or
 tensor is already in that convention. Anything else is an image of the mask, read with
@@ -200,9 +201,11 @@ def resize_image(array: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC))
 
 
-def image_tensor(image: ImageLike, size: int) -> torch.Tensor:
-    """Any accepted image -> uint8 (3, size, size), the model's input."""
-    array = resize_image(image_array(image), size)
+def image_tensor(image: ImageLike, size: int | None) -> torch.Tensor:
+    """Any accepted image -> uint8 (3, size, size), or (3, H, W) at its own size (None)."""
+    array = image_array(image)
+    if size is not None:
+        array = resize_image(array, size)
     return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)  # a copy
 
 
@@ -241,13 +244,15 @@ def mask_array(mask: ImageLike, convention: str = "white-repaint") -> np.ndarray
     return repaint
 
 
-def fit_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """bool (H, W) -> (size, size); a pixel is repainted when any part of it is."""
-    if tuple(mask.shape) == (size, size):
+def fit_mask(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """bool (H, W) -> (size, size) or (h, w) = size; a pixel is repainted when any part of
+    it is (shrinking or enlarging)."""
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(mask.shape) == shape:
         return mask
     # "area" averages the source pixels under each target pixel: > 0 keeps every pixel to
     # repaint (nearest would drop thin strokes when shrinking a mask)
-    return F.interpolate(mask[None, None].float(), size=(size, size), mode="area")[0, 0] > 0
+    return F.interpolate(mask[None, None].float(), size=shape, mode="area")[0, 0] > 0
 
 
 def mask_tensor(

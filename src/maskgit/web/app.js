@@ -10,6 +10,9 @@
     imageSize: null, // the model's resolution, from /api/health
     imageBlob: null, // the picture to send (upload or sample)
     imageName: "image.png",
+    imageWidth: 0, // the picture's own size: the mask is sent at it, the result comes back at it
+    imageHeight: 0,
+    view: { x: 0, y: 0, w: CANVAS, h: CANVAS }, // where the picture lies on the canvas
     tool: "brush",
     drawing: false,
     last: null,
@@ -136,10 +139,17 @@
       imageCtx.imageSmoothingEnabled = img.naturalWidth >= CANVAS || img.naturalHeight >= CANVAS;
       imageCtx.fillStyle = "#fff";
       imageCtx.fillRect(0, 0, CANVAS, CANVAS);
-      imageCtx.drawImage(img, 0, 0, CANVAS, CANVAS); // the model sees it squashed to a square too
+      // aspect ratio kept (letterboxed): the result comes back at the picture's own size
+      const scale = CANVAS / Math.max(img.naturalWidth, img.naturalHeight);
+      const w = Math.max(1, Math.round(img.naturalWidth * scale));
+      const h = Math.max(1, Math.round(img.naturalHeight * scale));
+      state.view = { x: Math.floor((CANVAS - w) / 2), y: Math.floor((CANVAS - h) / 2), w, h };
+      imageCtx.drawImage(img, state.view.x, state.view.y, w, h);
       URL.revokeObjectURL(url);
       state.imageBlob = blob;
       state.imageName = name;
+      state.imageWidth = img.naturalWidth;
+      state.imageHeight = img.naturalHeight;
       $("canvas-empty").hidden = true;
       setStatus(`Loaded ${name} (${img.naturalWidth}×${img.naturalHeight}). Paint a mask, then Run.`);
     };
@@ -264,27 +274,39 @@
   maskCanvas.addEventListener("pointerup", endDraw);
   maskCanvas.addEventListener("pointercancel", endDraw);
 
-  // The mask at the model's resolution: a model pixel is white (repaint) when any canvas
-  // pixel of its area is painted. Returns a canvas (S x S, black / white) or null if empty.
+  // The mask at the picture's own size (the server reads it there and the result comes back
+  // at that size): an image pixel is white (repaint) when any canvas pixel over it is painted.
+  // Returns { canvas (W x H, black / white), painted (count) }.
   function exportMask() {
-    const size = state.imageSize || CANVAS;
+    const width = state.imageWidth || CANVAS, height = state.imageHeight || CANVAS;
+    const view = state.imageWidth ? state.view : { x: 0, y: 0, w: CANVAS, h: CANVAS };
     const data = maskCtx.getImageData(0, 0, CANVAS, CANVAS).data;
     const out = document.createElement("canvas");
-    out.width = out.height = size;
+    out.width = width;
+    out.height = height;
     const octx = out.getContext("2d");
-    const pixels = octx.createImageData(size, size);
+    const pixels = octx.createImageData(width, height);
+    const span = (i, n, offset, extent) => [
+      offset + Math.floor((i * extent) / n),
+      Math.max(offset + Math.floor((i * extent) / n) + 1, offset + Math.ceil(((i + 1) * extent) / n)),
+    ];
+    const columns = new Uint8Array(CANVAS); // per canvas column: painted in this row band
     let painted = 0;
-    for (let my = 0; my < size; my++) {
-      const y0 = Math.floor((my * CANVAS) / size), y1 = Math.ceil(((my + 1) * CANVAS) / size);
-      for (let mx = 0; mx < size; mx++) {
-        const x0 = Math.floor((mx * CANVAS) / size), x1 = Math.ceil(((mx + 1) * CANVAS) / size);
-        let on = false;
-        for (let y = y0; y < y1 && !on; y++) {
-          for (let x = x0; x < x1; x++) {
-            if (data[(y * CANVAS + x) * 4 + 3] > 0) { on = true; break; }
-          }
+    for (let my = 0; my < height; my++) {
+      const [y0, y1] = span(my, height, view.y, view.h);
+      columns.fill(0);
+      for (let y = y0; y < y1; y++) {
+        for (let x = view.x; x < view.x + view.w; x++) {
+          if (data[(y * CANVAS + x) * 4 + 3] > 0) columns[x] = 1;
         }
-        const i = (my * size + mx) * 4;
+      }
+      for (let mx = 0; mx < width; mx++) {
+        const [x0, x1] = span(mx, width, view.x, view.w);
+        let on = false;
+        for (let x = x0; x < x1; x++) {
+          if (columns[x]) { on = true; break; }
+        }
+        const i = (my * width + mx) * 4;
         const v = on ? 255 : 0;
         pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = v;
         pixels.data[i + 3] = 255;
@@ -461,6 +483,7 @@
     [...$("gallery").children].forEach((el, i) => el.classList.toggle("selected", i === index));
     $("result-img").src = entry.image;
     $("result-img").dataset.jobId = state.job.id;
+    $("result-size").textContent = `${entry.width}×${entry.height} px`;
     const link = $("download");
     link.href = entry.image;
     link.download = `maskgit-${state.job.kind}-${state.job.params.seed}-${index + 1}.png`;
@@ -492,7 +515,7 @@
     if (k === 0) {
       $("step-img").src = state.job.result.input || entry.steps[0].image;
       $("step-mask").src = entry.token_map;
-      $("step-caption").textContent = state.job.result.input ? "input (model size)" : "start";
+      $("step-caption").textContent = state.job.result.input ? "input" : "start";
     } else {
       const frame = entry.steps[k - 1];
       $("step-img").src = frame.image;
