@@ -293,6 +293,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         steps=args.steps,
         sweet_spots=[None, *args.sweet_spots],
         seeds=args.seeds,
+        rules=args.rules,
         baselines=tuple(args.baselines),
         inception_weights=args.inception,
     )
@@ -441,7 +442,7 @@ def args_evaluate(p: argparse.ArgumentParser) -> None:
     add_decoding_options(p)
 
 
-SWEPT = ("schedule", "steps", "sweet_spot", "seed")  # sweep's axes: lists, not one value
+SWEPT = ("rule", "schedule", "steps", "sweet_spot", "seed")  # sweep's axes: lists, not one value
 
 
 def args_sweep(p: argparse.ArgumentParser) -> None:
@@ -454,9 +455,10 @@ def args_sweep(p: argparse.ArgumentParser) -> None:
         nargs="*",
         type=int,
         default=[],
-        help="also stop early after S steps (S <= steps)",
+        help="also stop early after S steps (S <= steps; S < 0 counts from steps: -2 = T-2)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--rules", nargs="+", default=["paper"], help="decoding rules: paper lab halton")
 
 
 def args_info(p: argparse.ArgumentParser) -> None:

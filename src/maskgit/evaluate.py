@@ -204,23 +204,27 @@ def sweep(
     steps: Sequence[int],
     sweet_spots: Sequence[int | None] = (None,),
     seeds: Sequence[int] = (0,),
+    rules: Sequence[str] | None = None,
     baselines: tuple[str, ...] = (),
     inception_weights: str | None = None,
 ) -> list[dict]:
-    """Schedules x steps x sweet spots x seeds -> sweep.csv/json, plots and table.md.
+    """Rules x schedules x steps x sweet spots x seeds -> sweep.csv/json, plots, table.md.
 
-    The other decoding options come from `options` (default DEFAULT_DECODING); every
-    setting is validated before the first image is decoded.
+    A sweet spot S < 0 counts from the steps (-2 = T-2); one that does not fit a T (S > T
+    or T + S < 1) is skipped for that T. `rules` default to the rule of `options`. The other
+    decoding options come from `options` (default DEFAULT_DECODING); every setting is
+    validated before the first image is decoded.
     """
     base = resolve(options)
     out = Path(out)
     configs = [
-        base.replace(schedule=sc, steps=t, sweet_spot=s, seed=seed)
+        base.replace(rule=rule, schedule=sc, steps=t, sweet_spot=s, seed=seed)
+        for rule in (rules or (base.rule,))
         for sc in schedules
         for t in steps
         for s in sweet_spots
         for seed in seeds
-        if s is None or s <= t
+        if s is None or (s <= t if s > 0 else t + s >= 1)
     ]
     scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
     rows = []

@@ -133,10 +133,13 @@ def _iconify_svgs(source: Path) -> Iterator[tuple[str, str]]:
     width, height = icons.get("width", 16), icons.get("height", 16)
     for name, icon in sorted(icons["icons"].items()):
         w, h = icon.get("width", width), icon.get("height", height)
-        yield name, (
-            f'<svg xmlns="http://www.w3.org/2000/svg" '
-            f'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="{icon.get("left", 0)} '
-            f'{icon.get("top", 0)} {w} {h}">{icon["body"]}</svg>'
+        yield (
+            name,
+            (
+                f'<svg xmlns="http://www.w3.org/2000/svg" '
+                f'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="{icon.get("left", 0)} '
+                f'{icon.get("top", 0)} {w} {h}">{icon["body"]}</svg>'
+            ),
         )
 
 
@@ -146,7 +149,9 @@ def _iconify_licence(source: Path) -> tuple[str, str]:
     prefix = info.get("prefix") or json.loads((source / "icons.json").read_text())["prefix"]
     spdx = info.get("license", {}).get("spdx", "unknown")
     if prefix in ICONIFY_RESERVED:
-        raise DataError(f"{source}: the {prefix} set is reserved as an outside check, never trained on")
+        raise DataError(
+            f"{source}: the {prefix} set is reserved as an outside check, never trained on"
+        )
     if spdx not in ICONIFY_ALLOWED_LICENCES:
         raise DataError(
             f"{source}: licence {spdx} of the {prefix} set is not one of "
