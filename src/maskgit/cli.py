@@ -237,6 +237,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         weights=args.inception,
         cache=not args.no_cache,
         kid_subset_size=args.kid_subset_size,
+        resize=args.resize,
     )
     print(
         f"FID {scores['fid']:.3f}  KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}  "
@@ -273,6 +274,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         options,
         baselines=tuple(args.baselines),
         inception_weights=args.inception,
+        paste=not args.no_paste,
+        resize=args.resize,
     )
     print(markdown_table(rows), end="")
     print(f"wrote {args.out}/results.json, results.csv and the images (N = {len(test.names)})")
@@ -296,6 +299,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         rules=args.rules,
         baselines=tuple(args.baselines),
         inception_weights=args.inception,
+        paste=not args.no_paste,
+        resize=args.resize,
     )
     print(markdown_table(rows), end="")
     print(
@@ -410,6 +415,13 @@ def args_fid(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
     p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument(
+        "--resize",
+        default="tf",
+        choices=["tf", "torch"],
+        help="resize to 299 for Inception: tf (TF1 bilinear, the reference FID) or torch "
+        "(F.interpolate bilinear, as pytorch-fid and the course lab: FIDs differ)",
+    )
 
 
 def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
@@ -434,6 +446,19 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
         "--inception",
         default=None,
         help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
+    )
+    p.add_argument(
+        "--resize",
+        default="tf",
+        choices=["tf", "torch"],
+        help="resize to 299 for Inception: tf (TF1 bilinear, the reference FID) or torch "
+        "(F.interpolate bilinear, as pytorch-fid and the course lab: FIDs differ)",
+    )
+    p.add_argument(
+        "--no-paste",
+        action="store_true",
+        help="score the decoder's whole output image (as the course lab did), without "
+        "pasting the known pixels back",
     )
 
 
