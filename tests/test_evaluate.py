@@ -14,8 +14,17 @@ from PIL import Image
 from maskgit.checkpoint import save_model
 from maskgit.cli import main
 from maskgit.config import get_preset
-from maskgit.evaluate import CEILING, load_test_set, reference_fill
+from maskgit.evaluate import (
+    CEILING,
+    inpaint_set,
+    load_test_set,
+    markdown_table,
+    mean_rows,
+    plot_sweep,
+    reference_fill,
+)
 from maskgit.fid import InceptionWeightsError, find_inception_weights
+from maskgit.options import DecodingOptions
 from maskgit.pipeline import MaskGIT
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
@@ -164,3 +173,90 @@ def test_evaluate_missing_masks_is_a_one_line_error(setup, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no mask for 6 image(s)" in err
+
+
+def _row(rule, schedule, steps, sweet_spot, seed, fid):
+    return {
+        "method": "maskgit",
+        "rule": rule,
+        "schedule": schedule,
+        "steps": steps,
+        "sweet_spot": sweet_spot,
+        "seed": seed,
+        "fid": fid,
+        "kid_mean": 0.001,
+        "psnr": 10.0,
+        "ssim": 0.5,
+        "l1": 0.1,
+        "s_per_image": 0.1 * steps,
+    }
+
+
+def test_table_gives_means_over_seeds_one_row_per_setting():
+    rows = [
+        _row("paper", "linear", 4, 4, 0, 10.0),
+        _row("paper", "linear", 4, 4, 1, 20.0),
+        _row("lab", "linear", 4, 4, 0, 30.0),
+        {"method": "telea", "fid": 50.0, "kid_mean": 0.0, "psnr": 1, "ssim": 0, "l1": 0},
+    ]
+    means = mean_rows(rows)
+    assert [(r["method"], r.get("rule"), r["fid"], r.get("seeds")) for r in means] == [
+        ("maskgit", "paper", 15.0, 2),
+        ("maskgit", "lab", 30.0, 1),
+        ("telea", None, 50.0, None),
+    ]
+    table = markdown_table(rows)
+    assert table.count("| maskgit |") == 2 and "| 15.00 |" in table and "| 2 |" in table
+
+
+def test_sweep_plots_fid_per_rule_and_against_the_sweet_spot(tmp_path):
+    rows = [
+        _row(rule, schedule, t, s, seed, 100.0 - t - s + (rule == "lab") + seed)
+        for rule in ("paper", "lab")
+        for schedule in ("linear", "cosine")
+        for t in (4, 8)
+        for s in {t, t - 2}
+        for seed in (0, 1)
+    ]
+    plot_sweep(rows, tmp_path)
+    for plot in ("fid_vs_steps.png", "time_vs_steps.png", "fid_vs_sweet_spot.png"):
+        picture = np.asarray(Image.open(tmp_path / plot).convert("L"))
+        assert picture.shape[0] > 200 and picture.std() > 5
+    plot_sweep([r for r in rows if r["steps"] == r["sweet_spot"]], tmp_path / "x")
+    assert not (tmp_path / "x" / "fid_vs_sweet_spot.png").exists()
+
+
+def test_no_paste_scores_the_decoder_output_everywhere(setup):
+    model = MaskGIT.from_pretrained(setup["model"], device="cpu")
+    test = load_test_set(setup["images"], setup["masks"], None, SIZE)
+    options = DecodingOptions(steps=2)
+    pasted, _ = inpaint_set(model, test, options)
+    raw, _ = inpaint_set(model, test, options, paste=False)
+    decoded, _, _ = model.decode_batch(test.images, test.masks, options)
+    assert torch.equal(raw, decoded)
+    keep = ~test.masks[:, None].expand_as(raw)
+    assert torch.equal(pasted[keep], test.images[keep])
+    assert not torch.equal(raw[keep], test.images[keep])  # the decoder changes known pixels
+    hole = ~keep
+    assert torch.equal(pasted[hole], raw[hole])
+
+
+@needs_inception
+def test_sweep_rules_relative_sweet_spot_no_paste_and_torch_resize(setup, capsys):
+    out = setup["root"] / "sweep-rules"
+    argv = eval_argv("sweep", setup, out) + [
+        *("--rules", "lab", "halton", "--schedules", "linear", "--steps", "1", "2"),
+        *("--sweet-spots=-1", "--no-paste", "--resize", "torch"),
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = json.loads((out / "sweep.json").read_text())
+    settings = [(r["rule"], r["steps"], r["sweet_spot"]) for r in rows]
+    # T=1 has no T-1 >= 1: skipped; T=2 runs S=2 and S=1
+    assert settings == [("lab", 1, 1), ("lab", 2, 2), ("lab", 2, 1)] + [
+        ("halton", 1, 1),
+        ("halton", 2, 2),
+        ("halton", 2, 1),
+    ]
+    assert all(r["paste"] is False and r["resize"] == "torch" for r in rows)
+    assert (out / "fid_vs_sweet_spot.png").exists()
+    assert (out / "table.md").read_text().count("| maskgit |") == 6

@@ -290,6 +290,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         weights=args.inception,
         cache=not args.no_cache,
         kid_subset_size=args.kid_subset_size,
+        resize=args.resize,
     )
     fid = max(0.0, scores["fid"])  # a distance: tiny negative rounding errors print as 0.000
     kid = round(scores["kid_mean"], 5) + 0.0  # + 0.0: never "-0.00000"
@@ -332,6 +333,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         options,
         baselines=tuple(args.baselines),
         inception_weights=args.inception,
+        paste=not args.no_paste,
+        resize=args.resize,
     )
     print(markdown_table(rows), end="")
     print(f"wrote {args.out}/results.json, results.csv and the images (N = {len(test.names)})")
@@ -356,8 +359,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         steps=args.steps,
         sweet_spots=[None, *args.sweet_spots],
         seeds=args.seeds,
+        rules=args.rules,
         baselines=tuple(args.baselines),
         inception_weights=args.inception,
+        paste=not args.no_paste,
+        resize=args.resize,
     )
     print(markdown_table(rows), end="")
     print(
@@ -500,6 +506,13 @@ def args_fid(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
     p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument(
+        "--resize",
+        default="tf",
+        choices=["tf", "torch"],
+        help="resize to 299 for Inception: tf (TF1 bilinear, the reference FID) or torch "
+        "(F.interpolate bilinear, as pytorch-fid and the course lab: FIDs differ)",
+    )
 
 
 def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
@@ -525,6 +538,19 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
         default=None,
         help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
     )
+    p.add_argument(
+        "--resize",
+        default="tf",
+        choices=["tf", "torch"],
+        help="resize to 299 for Inception: tf (TF1 bilinear, the reference FID) or torch "
+        "(F.interpolate bilinear, as pytorch-fid and the course lab: FIDs differ)",
+    )
+    p.add_argument(
+        "--no-paste",
+        action="store_true",
+        help="score the decoder's whole output image (as the course lab did), without "
+        "pasting the known pixels back",
+    )
 
 
 def args_evaluate(p: argparse.ArgumentParser) -> None:
@@ -532,7 +558,7 @@ def args_evaluate(p: argparse.ArgumentParser) -> None:
     add_decoding_options(p)
 
 
-SWEPT = ("schedule", "steps", "sweet_spot", "seed")  # sweep's axes: lists, not one value
+SWEPT = ("rule", "schedule", "steps", "sweet_spot", "seed")  # sweep's axes: lists, not one value
 
 
 def args_sweep(p: argparse.ArgumentParser) -> None:
@@ -545,9 +571,10 @@ def args_sweep(p: argparse.ArgumentParser) -> None:
         nargs="*",
         type=int,
         default=[],
-        help="also stop early after S steps (S <= steps)",
+        help="also stop early after S steps (S <= steps; S < 0 counts from steps: -2 = T-2)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--rules", nargs="+", default=["paper"], help="decoding rules: paper lab halton")
 
 
 def args_info(p: argparse.ArgumentParser) -> None:

@@ -14,12 +14,30 @@ The rule, at step t = 0 .. S-1 of T planned steps (S = sweet spot, S <= T):
   4. keep n = floor(gamma((t+1)/T) * U0) tokens masked (U0 = the image's unknown count at the
      start), clamped to [1, unknown_now - 1] while steps remain and 0 at the last step S-1;
      the n lowest-confidence new tokens are re-masked, all others are fixed for good.
+That is `options.rule == "paper"` (Chang et al., google-research/maskgit). Two other rules:
+
+  "lab" (the course lab's report), at step t = 0 .. S-1:
+  1. logits = logits_fn(current tokens); prediction = sample (argmax at temperature 0, the
+     lab's setting); confidence = softmax(logits / choice_temperature) at the prediction
+     (its max under argmax; choice_temperature 0 is taken as 1), no noise
+  2. every position outside the original known region takes the new prediction (tokens
+     decided earlier are re-predicted); original known tokens are restored
+  3. re-mask the min(int(gamma(t/T) * N), unknown_now) lowest-confidence positions among
+     those still unknown, N = ALL tokens of the image (not U0), ratio t/T (not (t+1)/T)
+  After step S-1 the output is that step's prediction everywhere outside the known region.
+  Nothing is decided until gamma(t/T) N drops below the unknown count.
+
+  "halton": the unknown positions are revealed in a fixed Halton order (2-D, bases 2 and 3:
+  quasi-random and spatially spread, cf. valeoai's Halton-MaskGIT), as many per step as the
+  paper's rule reveals; decided tokens are fixed; no confidence is used.
 Randomness for image i comes only from its own generator, so results do not depend on
 how images are batched.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,42 +140,157 @@ def decode(
     `record_steps`, one DecodeStep per step run.
     """
     options = resolve(options, **changes)
-    steps, last_step = options.steps, options.steps_to_run - 1
     batch, num_tokens = tokens.shape
     gens = _per_image_generators(generator, batch)
     unknown = unknown.bool().clone()
     current = torch.where(unknown, torch.full_like(tokens, mask_token_id), tokens)
-    unknown_at_start = unknown.sum(dim=1).cpu()  # (B,)
     records: list[DecodeStep] = []
-    for step in range(last_step + 1):
-        if not unknown.any():
+    if options.rule == "lab":
+        step_fn = _lab_step
+    elif options.rule == "halton":
+        step_fn = _halton_step
+    else:
+        step_fn = _paper_step
+    state = _State(
+        options=options,
+        tokens=tokens,
+        known=~unknown,
+        unknown_at_start=unknown.sum(dim=1).cpu(),
+        mask_token_id=mask_token_id,
+        gens=gens,
+    )
+    for step in range(options.steps_to_run):
+        # The lab rule re-predicts every generated token until S, even when none is masked.
+        if not unknown.any() and (options.rule != "lab" or step == 0):
             break
         logits = logits_fn(current)  # (B, N, K)
-        sampled = sample_tokens(logits, options.temperature, options.top_k, gens)
-        sampled = torch.where(unknown, sampled, current)  # (B, N)
-        log_probs = logits.float().log_softmax(dim=-1)
-        confidence = log_probs.gather(-1, sampled[..., None]).squeeze(-1).double()
-        noise_scale = options.choice_temperature * (1.0 - (step + 1) / steps)
-        if noise_scale > 0.0:
-            gumbel = -torch.log(-torch.log(_uniform(gens, (num_tokens,))))
-            confidence = confidence + noise_scale * gumbel.to(confidence.device)
-        confidence = torch.where(unknown, confidence, CONFIDENCE_OF_KNOWN_TOKENS)
-        keep = tokens_to_keep_masked(
-            unknown_at_start,
-            unknown.sum(dim=1).cpu(),
-            step,
-            steps,
-            last_step,
-            options.schedule,
-            num_tokens,
-        ).to(tokens.device)
-        ranks = confidence.argsort(dim=1, stable=True).argsort(dim=1)  # 0 = least confident
-        unknown = ranks < keep[:, None]
-        current = torch.where(unknown, torch.full_like(sampled, mask_token_id), sampled)
+        unknown, current, sampled = step_fn(state, step, logits, unknown, current)
         if record_steps or on_step is not None:
             record = DecodeStep(step, unknown.cpu(), current.cpu(), sampled.cpu())
             if record_steps:
                 records.append(record)
             if on_step is not None:
                 on_step(record)
+    if options.rule == "lab" and state.prediction is not None:
+        current = state.prediction  # the lab decodes its last prediction
     return current, records
+
+
+@dataclass
+class _State:
+    """What every step of one `decode` call shares."""
+
+    options: DecodingOptions
+    tokens: torch.Tensor  # (B, N) the input tokens (valid where known)
+    known: torch.Tensor  # (B, N) bool, the original known region
+    unknown_at_start: torch.Tensor  # (B,) on CPU
+    mask_token_id: int
+    gens: list[torch.Generator | None]
+    prediction: torch.Tensor | None = None  # lab rule: the last step's prediction
+
+
+def _keep(state: _State, unknown: torch.Tensor, step: int) -> torch.Tensor:
+    """The paper's count of tokens still masked after `step`, (B,) on the tokens' device."""
+    options = state.options
+    return tokens_to_keep_masked(
+        state.unknown_at_start,
+        unknown.sum(dim=1).cpu(),
+        step,
+        options.steps,
+        options.steps_to_run - 1,
+        options.schedule,
+        unknown.shape[1],
+    ).to(unknown.device)
+
+
+def _remask_lowest(
+    confidence: torch.Tensor, keep: torch.Tensor, candidates: torch.Tensor
+) -> torch.Tensor:
+    """(B, N) bool: the `keep` (B,) lowest-confidence candidates of each row."""
+    confidence = torch.where(candidates, confidence, CONFIDENCE_OF_KNOWN_TOKENS)
+    ranks = confidence.argsort(dim=1, stable=True).argsort(dim=1)  # 0 = least confident
+    return (ranks < keep[:, None]) & candidates
+
+
+def _masked(state: _State, unknown: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return torch.where(unknown, torch.full_like(values, state.mask_token_id), values)
+
+
+def _paper_step(state: _State, step: int, logits, unknown, current):
+    options = state.options
+    sampled = sample_tokens(logits, options.temperature, options.top_k, state.gens)
+    sampled = torch.where(unknown, sampled, current)  # (B, N)
+    log_probs = logits.float().log_softmax(dim=-1)
+    confidence = log_probs.gather(-1, sampled[..., None]).squeeze(-1).double()
+    noise_scale = options.choice_temperature * (1.0 - (step + 1) / options.steps)
+    if noise_scale > 0.0:
+        gumbel = -torch.log(-torch.log(_uniform(state.gens, (unknown.shape[1],))))
+        confidence = confidence + noise_scale * gumbel.to(confidence.device)
+    unknown = _remask_lowest(confidence, _keep(state, unknown, step), unknown)
+    return unknown, _masked(state, unknown, sampled), sampled
+
+
+def _lab_step(state: _State, step: int, logits, unknown, current):
+    options = state.options
+    prediction = sample_tokens(logits, options.temperature, options.top_k, state.gens)
+    prediction = torch.where(state.known, state.tokens, prediction)  # restore the known
+    temperature = options.choice_temperature if options.choice_temperature > 0 else 1.0
+    # log of the softmax, in float64: the same order as the probabilities, without the ties
+    # float32 makes when a sharp softmax rounds to 1
+    log_probs = (logits.double() / temperature).log_softmax(dim=-1)
+    confidence = log_probs.gather(-1, prediction[..., None]).squeeze(-1)
+    ratio = gamma(options.schedule, step / options.steps, unknown.shape[1]).item()
+    count = int(ratio * unknown.shape[1])  # of ALL tokens
+    keep = torch.clamp(unknown.sum(dim=1), max=count)
+    unknown = _remask_lowest(confidence, keep, unknown)
+    state.prediction = prediction
+    return unknown, _masked(state, unknown, prediction), prediction
+
+
+def halton_sequence(index: int, base: int) -> float:
+    """The `index`-th (1-based) element of the van der Corput sequence in `base`."""
+    out, fraction = 0.0, 1.0
+    while index > 0:
+        fraction /= base
+        index, digit = divmod(index, base)
+        out += digit * fraction
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def halton_order(num_tokens: int) -> torch.Tensor:
+    """(num_tokens,) a permutation of the positions in 2-D Halton order (bases 2 and 3).
+
+    Points of the Halton sequence are mapped to cells of the side x side token grid; the
+    first point landing in a cell gives that cell its rank. A grid that is not square falls
+    back to the 1-D van der Corput order in base 2.
+    """
+    side = math.isqrt(num_tokens)
+    order: list[int] = []
+    seen: set[int] = set()
+    index = 1
+    while len(order) < num_tokens:
+        if side * side == num_tokens:
+            row = int(halton_sequence(index, 2) * side)
+            col = int(halton_sequence(index, 3) * side)
+            cell = row * side + col
+        else:
+            cell = int(halton_sequence(index, 2) * num_tokens)
+        if cell not in seen:
+            seen.add(cell)
+            order.append(cell)
+        index += 1
+    return torch.tensor(order, dtype=torch.long)
+
+
+def _halton_step(state: _State, step: int, logits, unknown, current):
+    options = state.options
+    sampled = sample_tokens(logits, options.temperature, options.top_k, state.gens)
+    sampled = torch.where(unknown, sampled, current)
+    num_tokens = unknown.shape[1]
+    rank = torch.empty(num_tokens, dtype=torch.double)
+    rank[halton_order(num_tokens)] = torch.arange(num_tokens, dtype=torch.double)
+    # Late in the Halton order = "least confident": those stay masked.
+    confidence = -rank.to(unknown.device).expand_as(unknown)
+    unknown = _remask_lowest(confidence, _keep(state, unknown, step), unknown)
+    return unknown, _masked(state, unknown, sampled), sampled

@@ -100,7 +100,9 @@ class Scorer:
     FID uses the eigenvalue form of the trace term (agrees with sqrtm to ~1e-5, 3x faster).
     """
 
-    def __init__(self, test: TestSet, inception: InceptionFeatures, kid_subset_size: int = 100):
+    def __init__(
+        self, test: TestSet, inception: InceptionFeatures, kid_subset_size: int = 100
+    ) -> None:
         self.test = test
         self.inception = inception
         self.kid_subset_size = kid_subset_size
@@ -126,12 +128,29 @@ class Scorer:
 
 
 def inpaint_set(
-    model: MaskGIT, test: TestSet, options: DecodingOptions, batch_size: int = 64
+    model: MaskGIT,
+    test: TestSet,
+    options: DecodingOptions,
+    batch_size: int = 64,
+    paste: bool = True,
 ) -> tuple[torch.Tensor, float]:
-    """Inpaint the whole test set; returns uint8 results (N, 3, S, S) and seconds per image."""
+    """Inpaint the whole test set; returns uint8 results (N, 3, S, S) and seconds per image.
+
+    `paste=False` returns the decoder's whole output (known pixels not pasted back), what the
+    course lab scored.
+    """
     outputs = []
     started = time.perf_counter()
     for start in range(0, len(test.images), batch_size):
+        if not paste:
+            decoded, _, _ = model.decode_batch(
+                test.images[start : start + batch_size],
+                test.masks[start : start + batch_size],
+                options,
+                first_index=start,
+            )
+            outputs += list(decoded)
+            continue
         result = model.inpaint(
             list(test.images[start : start + batch_size]),
             list(test.masks[start : start + batch_size]),
@@ -158,20 +177,23 @@ def evaluate(
     *,
     baselines: tuple[str, ...] = (),
     inception_weights: str | None = None,
+    paste: bool = True,
+    resize: str = "tf",
     **changes,
 ) -> list[dict]:
     """Inpaint + score MaskGIT (and baselines); write images, results.json and results.csv.
 
     Decoding: `options` (default DEFAULT_DECODING) with keyword `changes`; the row records
-    every option.
+    every option and the scoring (`paste`: known pixels pasted back; `resize`: "tf" or
+    "torch", see maskgit.fid).
     """
     options = resolve(options, **changes)
     out = Path(out)
-    scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
+    scorer = Scorer(test, InceptionFeatures(inception_weights, resize=resize, progress=False))
     rows = []
-    results, seconds = inpaint_set(model, test, options)
+    results, seconds = inpaint_set(model, test, options, paste=paste)
     write_images(out / "maskgit", test.names, results)
-    row = {"method": "maskgit", **options.as_dict()}
+    row = {"method": "maskgit", **options.as_dict(), "paste": paste, "resize": resize}
     rows.append({**row, **scorer.score(results), "s_per_image": seconds})
     for name in tqdm(baselines, desc="baselines", leave=False, disable=not baselines):
         started = time.perf_counter()
@@ -204,29 +226,36 @@ def sweep(
     steps: Sequence[int],
     sweet_spots: Sequence[int | None] = (None,),
     seeds: Sequence[int] = (0,),
+    rules: Sequence[str] | None = None,
     baselines: tuple[str, ...] = (),
     inception_weights: str | None = None,
+    paste: bool = True,
+    resize: str = "tf",
 ) -> list[dict]:
-    """Schedules x steps x sweet spots x seeds -> sweep.csv/json, plots and table.md.
+    """Rules x schedules x steps x sweet spots x seeds -> sweep.csv/json, plots, table.md.
 
-    The other decoding options come from `options` (default DEFAULT_DECODING); every
-    setting is validated before the first image is decoded.
+    A sweet spot S < 0 counts from the steps (-2 = T-2); one that does not fit a T (S > T
+    or T + S < 1) is skipped for that T. `rules` default to the rule of `options`. The other
+    decoding options come from `options` (default DEFAULT_DECODING); every setting is
+    validated before the first image is decoded.
     """
     base = resolve(options)
     out = Path(out)
     configs = [
-        base.replace(schedule=sc, steps=t, sweet_spot=s, seed=seed)
+        base.replace(rule=rule, schedule=sc, steps=t, sweet_spot=s, seed=seed)
+        for rule in (rules or (base.rule,))
         for sc in schedules
         for t in steps
         for s in sweet_spots
         for seed in seeds
-        if s is None or s <= t
+        if s is None or (s <= t if s > 0 else t + s >= 1)
     ]
-    scorer = Scorer(test, InceptionFeatures(inception_weights, progress=False))
+    scorer = Scorer(test, InceptionFeatures(inception_weights, resize=resize, progress=False))
     rows = []
     for config in tqdm(configs, desc="sweep"):
-        results, seconds = inpaint_set(model, test, config)
+        results, seconds = inpaint_set(model, test, config, paste=paste)
         row = {"method": "maskgit", **config.as_dict(), "sweet_spot": config.steps_to_run}
+        row.update(paste=paste, resize=resize)
         rows.append({**row, **scorer.score(results), "s_per_image": seconds})
         write_rows(out / "sweep", rows)  # keep what is done if interrupted
     for name in baselines:
@@ -237,59 +266,123 @@ def sweep(
     return rows
 
 
-def _mean_by(rows: list[dict], key: str) -> dict:
-    """Average fid and time over seeds for each (schedule, steps, sweet_spot)."""
-    groups: dict = {}
+GROUP = ("rule", "schedule", "steps", "sweet_spot")  # a setting; seeds are averaged over
+METRICS = ("fid", "kid_mean", "psnr", "ssim", "l1", "s_per_image")
+
+
+def _setting(row: dict) -> tuple:
+    return (row.get("rule", "paper"), row["schedule"], row["steps"], row["sweet_spot"])
+
+
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """One row per setting (rule, schedule, steps, sweet spot): metrics averaged over seeds,
+    `seeds` = how many; reference rows (baselines) pass through unchanged, after them."""
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        if row["method"] != "maskgit":
-            continue
-        groups.setdefault((row["schedule"], row["steps"], row["sweet_spot"]), []).append(row[key])
-    return {k: float(np.mean(v)) for k, v in groups.items()}
+        if row["method"] == "maskgit":
+            groups.setdefault(_setting(row), []).append(row)
+    out = []
+    for key, members in groups.items():
+        mean = {"method": "maskgit", **dict(zip(GROUP, key, strict=True))}
+        for metric in METRICS:
+            values = [m[metric] for m in members if metric in m]
+            if values:
+                mean[metric] = float(np.mean(values))
+        mean["seeds"] = len(members)
+        out.append(mean)
+    return out + [row for row in rows if row["method"] != "maskgit"]
 
 
 def plot_sweep(rows: list[dict], out: Path) -> None:
-    """fid_vs_steps.png (one line per schedule, baselines dashed) and time_vs_steps.png."""
+    """fid_vs_steps.png and time_vs_steps.png (one line per schedule and rule, full runs
+    S = T, means over seeds; baselines dashed) and, when some setting was also stopped
+    early, fid_vs_sweet_spot.png (FID against S, one line per rule, schedule and T)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for key, label, name in (
+    means = [row for row in mean_rows(rows) if row["method"] == "maskgit"]
+    rules = list(dict.fromkeys(row["rule"] for row in means))
+
+    def label(rule: str, schedule: str) -> str:
+        return schedule if len(rules) == 1 else f"{schedule}, {rule} rule"
+
+    styles = {"paper": "-", "lab": "--", "halton": ":"}
+    for key, ylabel, name in (
         ("fid", "FID (lower is better)", "fid_vs_steps.png"),
         ("s_per_image", "seconds per image", "time_vs_steps.png"),
     ):
-        means = _mean_by(rows, key)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for schedule in dict.fromkeys(k[0] for k in means):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        lines = dict.fromkeys((row["rule"], row["schedule"]) for row in means)
+        colours: dict[str, str] = {}
+        for rule, schedule in lines:
             points = sorted(
-                (k[1], v) for k, v in means.items() if k[0] == schedule and k[1] == k[2]
+                (row["steps"], row[key])
+                for row in means
+                if (row["rule"], row["schedule"]) == (rule, schedule)
+                and row["steps"] == row["sweet_spot"]
+                and key in row
             )
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=schedule)
+            if not points:
+                continue
+            colour = colours.setdefault(schedule, f"C{len(colours)}")
+            ax.plot(
+                *zip(*points, strict=True),
+                marker="o",
+                linestyle=styles.get(rule, "-"),
+                color=colour,
+                label=label(rule, schedule),
+            )
         if key == "fid":
             for row in rows:
                 if row["method"] != "maskgit":
                     ax.axhline(row["fid"], linestyle="--", linewidth=1, color="grey")
                     ax.annotate(row["method"], (ax.get_xlim()[0], row["fid"]), fontsize=7)
-        ax.set_xlabel("decoding steps")
-        ax.set_ylabel(label)
-        ax.legend()
+        ax.set_xlabel("decoding steps T")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
+    curves: dict[tuple, list[tuple[int, float]]] = {}
+    for row in means:
+        curves.setdefault((row["rule"], row["schedule"], row["steps"]), []).append(
+            (row["sweet_spot"], row["fid"])
+        )
+    curves = {k: sorted(v) for k, v in curves.items() if len(v) > 1}
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (rule, schedule, steps), points in curves.items():
+            ax.plot(
+                *zip(*points, strict=True),
+                marker="o",
+                linestyle=styles.get(rule, "-"),
+                label=f"{label(rule, schedule)}, T={steps}",
+            )
+        ax.set_xlabel("sweet spot S (steps run of T)")
+        ax.set_ylabel("FID (lower is better)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "fid_vs_sweet_spot.png", dpi=120)
+        plt.close(fig)
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """A markdown table of the sweep (means over seeds) plus baseline rows."""
+    """A markdown table of the sweep, one row per setting with the means over its seeds
+    (the seeds column says how many), plus the baseline rows."""
     lines = [
-        "| method | schedule | steps | sweet spot | FID | KID x1000 | PSNR | SSIM | L1 | s/img |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | rule | schedule | steps | sweet spot | seeds | FID | KID x1000 | PSNR | "
+        "SSIM | L1 | s/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    for row in mean_rows(rows):
         lines.append(
-            f"| {row['method']} | {row.get('schedule', '')} | {row.get('steps', '')} | "
-            f"{row.get('sweet_spot', '')} | {row['fid']:.2f} | {1000 * row['kid_mean']:.2f} | "
+            f"| {row['method']} | {row.get('rule', '')} | {row.get('schedule', '')} | "
+            f"{row.get('steps', '')} | {row.get('sweet_spot', '')} | {row.get('seeds', '')} | "
+            f"{row['fid']:.2f} | {1000 * row['kid_mean']:.2f} | "
             f"{row['psnr']:.2f} | {row['ssim']:.3f} | {row['l1']:.4f} | "
             f"{row.get('s_per_image', float('nan')):.3f} |"
         )

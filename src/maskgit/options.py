@@ -28,6 +28,15 @@ POWER_PATTERN = re.compile(r"^power-(\d+(?:\.\d+)?)$")
 # encoder's receptive field spans several tokens, so the hole's content changes the *known*
 # tokens around it, which the transformer only ever saw computed from whole real images.
 PREFILLS = ("telea", "white")
+# How `decode` chooses which tokens to reveal (maskgit.decoding explains each):
+#   paper   Chang et al. / google-research/maskgit: keep floor(gamma((t+1)/T) U0) masked, the
+#           lowest log p + annealed Gumbel noise; decided tokens stay fixed
+#   lab     the course lab's report: re-mask int(gamma(t/T) N) of the still-unknown positions
+#           (N = all tokens), confidence max softmax(logits / choice_temperature); every
+#           generated position takes the new prediction at every step
+#   halton  reveal in a fixed quasi-random, spatially spread (Halton, bases 2 and 3) order, as
+#           many per step as the paper's rule; decided tokens stay fixed
+RULES = ("paper", "lab", "halton")
 # A temperature this small samples like argmax anyway, and logits / temperature would
 # overflow (1e-320 is 0 in float32): it is taken as 0, i.e. argmax.
 MIN_TEMPERATURE = 1e-30
@@ -63,7 +72,9 @@ class DecodingOptions:
     )
     steps: int = _option(8, "decoding steps T")
     sweet_spot: int | None = _option(
-        None, "stop after S <= T steps and fill the rest with the prediction"
+        None,
+        "stop after S <= T steps and fill the rest with the prediction; "
+        "S < 0 counts from T (-2 = T-2)",
     )
     temperature: float = _option(0.0, "sampling temperature (0 = argmax)")
     choice_temperature: float = _option(
@@ -73,6 +84,11 @@ class DecodingOptions:
     seed: int = _option(0, "image i uses seed + i")
     prefill: str = _option(
         "telea", "what the tokenizer sees in the hole before encoding: telea or white"
+    )
+    rule: str = _option(
+        "paper",
+        "which tokens each step reveals: paper (MaskGIT), lab (the course lab's report), "
+        "halton (a spatially spread quasi-random order)",
     )
 
     def __post_init__(self) -> None:
@@ -85,10 +101,12 @@ class DecodingOptions:
         """ValueError, one line naming the option, unless every value is usable."""
         _check_int("steps", self.steps, 1)
         if self.sweet_spot is not None:
-            _check_int("sweet_spot", self.sweet_spot, 1)
-            if self.sweet_spot > self.steps:
+            _check_int("sweet_spot", self.sweet_spot, -self.steps + 1)
+            if self.sweet_spot == 0 or self.sweet_spot > self.steps:
                 raise ValueError(
-                    f"sweet_spot={self.sweet_spot}: expected 1 <= sweet_spot <= steps={self.steps}"
+                    f"sweet_spot={self.sweet_spot}: expected 1 <= sweet_spot <= "
+                    f"steps={self.steps}, or -{self.steps - 1} <= sweet_spot <= -1 "
+                    "(counted from steps)"
                 )
         validate_schedule(self.schedule)
         for name in ("temperature", "choice_temperature"):
@@ -106,12 +124,16 @@ class DecodingOptions:
             raise ValueError(f"seed={self.seed}: expected 0 <= seed < 2^62")
         if self.prefill not in PREFILLS:
             raise ValueError(f"prefill={self.prefill!r}: expected one of {', '.join(PREFILLS)}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule={self.rule!r}: expected one of {', '.join(RULES)}")
         return self
 
     @property
     def steps_to_run(self) -> int:
-        """S: the steps actually run (the sweet spot when set, else T)."""
-        return self.steps if self.sweet_spot is None else self.sweet_spot
+        """S: the steps actually run (the sweet spot when set, else T; S < 0 means T + S)."""
+        if self.sweet_spot is None:
+            return self.steps
+        return self.sweet_spot if self.sweet_spot > 0 else self.steps + self.sweet_spot
 
     def replace(self, **changes: Any) -> DecodingOptions:
         """A copy with `changes` (field names; an unknown name is an error naming it)."""
