@@ -297,6 +297,7 @@ def plot_sweep(rows: list[dict], out: Path) -> None:
     """fid_vs_steps.png and time_vs_steps.png (one line per schedule and rule, full runs
     S = T, means over seeds; baselines dashed) and, when some setting was also stopped
     early, fid_vs_sweet_spot.png (FID against S, one line per rule, schedule and T)."""
+    out.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
     matplotlib.use("Agg")
