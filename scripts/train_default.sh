@@ -31,4 +31,4 @@ if ! done_stage tokenize; then
 fi
 stage transformer $MASKGIT train --config emoji-demo --tokens "$RUN/tokens" --out "$RUN/model" \
   --checkpoint-steps 100 $(resume_flag "$RUN/model") "${MODEL[@]}" \
-  --set transformer_training.epochs=18 --set transformer_training.warmup_steps=300
+  --set transformer_training.epochs=11 --set transformer_training.warmup_steps=300
