@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Trains the embedded default model (v3: 8x8 tokens, mixed emoji styles; Twitter held out).
-# Usage: bash scripts/train_default.sh [RUN_ROOT]   (data/emoji-mix from `maskgit prepare-data`)
+# Trains the embedded default model, v3 leg 2: the v2 design (16x16 tokens, 512 codes, the
+# emoji-demo preset) warm-started from the shipped weights and trained on mixed emoji styles
+# (data/emoji-mix from `maskgit prepare-data emoji`, docs/model-card.md; Twitter held out).
+# Usage: bash scripts/train_default.sh [RUN_ROOT] [INIT_FROM]
 # Each stage resumes its run folder when it is there (--resume), so the script can be rerun
 # after an interruption. Wall times go to RUN_ROOT/times.txt.
 set -euo pipefail
-RUN=${1:-runs/v3}
+RUN=${1:-runs/v3-leg2}
+INIT=${2:-src/maskgit/weights/emoji-demo}
 MASKGIT=${MASKGIT:-maskgit}
+TOKENIZER_EPOCHS=${TOKENIZER_EPOCHS:-3}
+TRANSFORMER_EPOCHS=${TRANSFORMER_EPOCHS:-4}
 mkdir -p "$RUN"
-stage() {  # stage NAME COMMAND...: run it, resuming when its run folder has a state
+stage() {  # stage NAME COMMAND...: run it and record its wall time
   local name=$1; shift
   local started=$SECONDS
   "$@"
@@ -15,20 +20,19 @@ stage() {  # stage NAME COMMAND...: run it, resuming when its run folder has a s
 }
 resume_flag() { [ -f "$1/latest.state.pt" ] && echo --resume || true; }
 done_stage() { grep -q "^$1 " "$RUN/times.txt" 2>/dev/null; }
-MODEL=(--set tokenizer.channel_mult=[1,2,2,4] --set tokenizer.base_channels=32
-  --set tokenizer.codebook_size=1024 --set transformer.codebook_size=1024
-  --set transformer.num_tokens=64 --set transformer.dim=256 --set transformer.depth=6
-  --set transformer.heads=8 --set transformer.mlp_dim=1024)
 
 if ! done_stage tokenizer; then
   stage tokenizer $MASKGIT train-tokenizer --config emoji-demo --data data/emoji-mix/train \
-    --out "$RUN/tokenizer" --checkpoint-steps 100 $(resume_flag "$RUN/tokenizer") "${MODEL[@]}" \
-    --set tokenizer_training.epochs=4 --set tokenizer_training.disc_start=600
+    --out "$RUN/tokenizer" --init-from "$INIT" --checkpoint-steps 50 \
+    $(resume_flag "$RUN/tokenizer") \
+    --set tokenizer_training.epochs="$TOKENIZER_EPOCHS" --set tokenizer_training.lr=2e-4 \
+    --set tokenizer_training.warmup_steps=50 --set tokenizer_training.disc_start=150
 fi
 if ! done_stage tokenize; then
   stage tokenize $MASKGIT tokenize --tokenizer "$RUN/tokenizer" --data data/emoji-mix/train \
     --out "$RUN/tokens" --hflip
 fi
 stage transformer $MASKGIT train --config emoji-demo --tokens "$RUN/tokens" --out "$RUN/model" \
-  --checkpoint-steps 100 $(resume_flag "$RUN/model") "${MODEL[@]}" \
-  --set transformer_training.epochs=11 --set transformer_training.warmup_steps=300
+  --init-from "$INIT" --checkpoint-steps 100 $(resume_flag "$RUN/model") \
+  --set transformer_training.epochs="$TRANSFORMER_EPOCHS" --set transformer_training.lr=3e-4 \
+  --set transformer_training.warmup_steps=200

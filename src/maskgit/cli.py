@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from maskgit.options import DEFAULT_DECODING, DecodingOptions, option_help, option_names
 
@@ -75,6 +76,13 @@ def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest.state.pt")
     p.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help=f"warm-start: the {stage}'s weights from this file, or from "
+        f"PATH/{stage}.safetensors for a folder (same config; fresh optimiser, step 0; "
+        "ignored with --resume)",
+    )
+    p.add_argument(
         "--checkpoint-steps",
         type=int,
         default=0,
@@ -107,7 +115,6 @@ def _run_options(args: argparse.Namespace) -> dict:
 
 
 def _report(what: str, paths: list, out: str, save_steps: bool, started: float) -> None:
-    from pathlib import Path
 
     from maskgit.inpaint_files import STEPS_FOLDER
 
@@ -123,7 +130,6 @@ def _guard_out(out: str, written: list[str], **inputs: str | None) -> None:
     """Refuse before any work when `out` is an input folder or a file in `written` (relative
     to `out`) is one of the inputs (files, or the images of input folders), whatever the path
     form (symlink, `..`); `inputs` are the arguments read, by option name."""
-    from pathlib import Path
 
     from maskgit.data import IMAGE_SUFFIXES
     from maskgit.fileio import check_no_overwrite
@@ -141,7 +147,6 @@ def _guard_out(out: str, written: list[str], **inputs: str | None) -> None:
 
 
 def _eval_written(args: argparse.Namespace, names: list[str]) -> list[str]:
-    from pathlib import Path
 
     stems = []
     if Path(args.images).is_dir():
@@ -206,8 +211,12 @@ TRAINING_FILES = [  # what a training run writes into its folder (besides epoch/
 ]
 
 
-def _training_run(args: argparse.Namespace) -> dict:
+def _training_run(args: argparse.Namespace, stage: str) -> dict:
+    init_from = args.init_from and Path(args.init_from)
+    if init_from is not None and init_from.is_dir():
+        init_from = init_from / f"{stage}.safetensors"
     return {
+        "init_from": init_from,
         "resume": args.resume,
         "device": args.device,
         "progress": not args.no_progress,
@@ -226,7 +235,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
         args.data, preset.tokenizer.image_size, progress=not args.no_progress
     )
     print(f"training tokenizer on {len(images)} images from {args.data} -> {args.out}")
-    metrics = train_tokenizer(preset, images, names, args.out, **_training_run(args))
+    metrics = train_tokenizer(preset, images, names, args.out, **_training_run(args, "tokenizer"))
     print(f"done: {args.out}/tokenizer.safetensors; validation {metrics}")
     return 0
 
@@ -266,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"training transformer on {len(tokens)} token grids -> {args.out}")
     metrics = train_transformer(
-        preset, tokens, names, args.out, tokenizer=tokenizer, **_training_run(args)
+        preset, tokens, names, args.out, tokenizer=tokenizer, **_training_run(args, "transformer")
     )
     print(f"done: {args.out}/transformer.safetensors; validation {metrics}")
     return 0

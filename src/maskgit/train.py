@@ -40,6 +40,7 @@ from tqdm import tqdm
 from maskgit.checkpoint import (
     TOKENIZER_DIGEST_KEY,
     CheckpointError,
+    load_model,
     load_state,
     read_metadata,
     save_model,
@@ -495,6 +496,22 @@ def _resume(run: Run) -> int | None:
         ) from exc
 
 
+def warm_start(model: nn.Module, path: str | Path) -> None:
+    """Load the weights of model file `path` into `model`; CheckpointError (naming the file)
+    when it holds another kind of model or another config."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--init-from {path}: no such model file")
+    source = load_model(path)
+    if type(source) is not type(model) or source.cfg != model.cfg:
+        raise CheckpointError(
+            f"--init-from {path}: holds a {type(source).__name__} with config "
+            f"{to_dict(source.cfg)}, the run trains a {type(model).__name__} with config "
+            f"{to_dict(model.cfg)}"
+        )
+    model.load_state_dict(source.state_dict())
+
+
 def _prepare_folder(out: Path, preset: Preset | None) -> None:
     """The run folder, without stale temp files, with config.yaml (rank 0, after the checks)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -647,6 +664,7 @@ def fit(
     checkpoint_steps: int = 0,
     metadata: dict[str, str] | None = None,
     prepare: Any = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, float]:
     """Train `task` on `train_set`; returns the last validation metrics.
 
@@ -655,7 +673,11 @@ def fit(
     `on_epoch_end(task, ema, epoch, out)` runs on rank 0 after each epoch's files;
     `prepare(out)` runs on rank 0 once the checks passed, before the first file is written
     (e.g. to copy the tokenizer in); `metadata` goes into every saved model file.
+    `init_from` (a model file of the same config) warm-starts the model's weights (and EMA)
+    with a fresh optimiser at step 0; it is ignored when resuming (`latest` has the weights).
     """
+    if init_from is not None and not resume:
+        warm_start(task.model(), init_from)
     run = _start(task, train_set, cfg, Path(out), device)
     run.metadata = dict(metadata or {})
     log_rows = _resume(run) if resume else None
@@ -804,8 +826,11 @@ def train_tokenizer(
     device: str | None = None,
     progress: bool = True,
     checkpoint_steps: int = 0,
+    init_from: str | Path | None = None,
 ) -> dict[str, float]:
-    """Train the VQGAN of `preset` on uint8 images (N, 3, H, W); writes to run folder `out`."""
+    """Train the VQGAN of `preset` on uint8 images (N, 3, H, W); writes to run folder `out`.
+
+    `init_from`: a tokenizer file to warm-start from (see `fit`)."""
     cfg = preset.tokenizer_training
     train_idx, val_idx = split_indices(names, cfg.val_fraction)
     train_set = TensorImages(images[train_idx], hflip=cfg.hflip)
@@ -826,6 +851,7 @@ def train_tokenizer(
         progress=progress,
         on_epoch_end=hook,
         checkpoint_steps=checkpoint_steps,
+        init_from=init_from,
     )
 
 
@@ -839,8 +865,11 @@ def train_transformer(
     progress: bool = True,
     checkpoint_steps: int = 0,
     tokenizer: str | Path | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, float]:
     """Train the transformer of `preset` on token grids (N, h, w); writes to run folder `out`.
+
+    `init_from`: a transformer file to warm-start from (see `fit`).
 
     `tokenizer` (the .safetensors file that made the tokens), when given, is copied into the
     run folder once every check has passed, and its digest is recorded in the transformer's
@@ -880,6 +909,7 @@ def train_transformer(
         checkpoint_steps=checkpoint_steps,
         metadata=metadata,
         prepare=prepare,
+        init_from=init_from,
     )
 
 
