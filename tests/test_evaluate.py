@@ -17,6 +17,7 @@ from maskgit.config import get_preset
 from maskgit.evaluate import (
     CEILING,
     inpaint_set,
+    lab_sweet_spots,
     load_test_set,
     markdown_table,
     mean_rows,
@@ -239,6 +240,22 @@ def test_no_paste_scores_the_decoder_output_everywhere(setup):
     assert not torch.equal(raw[keep], test.images[keep])  # the decoder changes known pixels
     hole = ~keep
     assert torch.equal(pasted[hole], raw[hole])
+
+
+@pytest.mark.parametrize("paste", [True, False])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_lab_sweet_spots_from_one_decode_equal_separate_runs(setup, paste, temperature):
+    model = MaskGIT.from_pretrained(setup["model"], device="cpu")
+    test = load_test_set(setup["images"], setup["masks"], None, SIZE)
+    options = DecodingOptions(rule="lab", schedule="linear", steps=5, temperature=temperature)
+    shared = lab_sweet_spots(model, test, options, [1, 3, 5], batch_size=4, paste=paste)
+    for spot, (results, _) in shared.items():
+        alone, _ = inpaint_set(model, test, options.replace(sweet_spot=spot), paste=paste)
+        assert torch.equal(results, alone), spot
+    if temperature > 0:  # sampled anew each step: the spots differ, so the check is real
+        assert not torch.equal(shared[1][0], shared[5][0])
+    with pytest.raises(ValueError, match="lab rule"):
+        lab_sweet_spots(model, test, options.replace(rule="paper"), [1, 2])
 
 
 @needs_inception

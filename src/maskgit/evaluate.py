@@ -162,6 +162,50 @@ def inpaint_set(
     return torch.stack(outputs), elapsed / len(test.images)
 
 
+def lab_sweet_spots(
+    model: MaskGIT,
+    test: TestSet,
+    options: DecodingOptions,
+    spots: Sequence[int],
+    batch_size: int = 64,
+    paste: bool = True,
+) -> dict[int, tuple[torch.Tensor, float]]:
+    """The lab rule's results for several sweet spots S of one T, from one decode.
+
+    Under the lab rule nothing before step S depends on S, and stopping after S steps
+    decodes that step's prediction: so the run to max(spots) holds every shorter run. Returns
+    {S: (uint8 results (N, 3, S, S), seconds per image)}, equal to `inpaint_set` with
+    sweet_spot=S for model-size images; the seconds are the shared decode's, scaled by
+    S / max(spots) (an estimate: the steps dominate the time).
+    """
+    if options.rule != "lab":
+        raise ValueError(f"rule={options.rule!r}: sharing one decode needs the lab rule")
+    longest = max(spots)
+    outputs: dict[int, list[torch.Tensor]] = {s: [] for s in spots}
+    started = time.perf_counter()
+    for start in range(0, len(test.images), batch_size):
+        images = test.images[start : start + batch_size]
+        masks = test.masks[start : start + batch_size]
+        predictions: dict[int, torch.Tensor] = {}
+
+        def keep(record, wanted=frozenset(spots), predictions=predictions) -> None:
+            if record.step + 1 in wanted:
+                predictions[record.step + 1] = record.sampled  # (B, N)
+
+        model.decode_batch(
+            images,
+            masks,
+            options.replace(sweet_spot=longest),
+            first_index=start,
+            on_step=keep,
+        )
+        for spot in spots:
+            decoded = model.images_from_tokens(predictions[spot])  # (B, 3, S, S)
+            outputs[spot].append(paste_known(images, decoded, masks) if paste else decoded)
+    elapsed = (time.perf_counter() - started) / len(test.images)
+    return {s: (torch.cat(outputs[s]), elapsed * s / longest) for s in spots}
+
+
 def write_images(folder: Path, names: list[str], images: torch.Tensor) -> None:
     for name, image in zip(names, images, strict=True):
         save_png(
@@ -237,7 +281,8 @@ def sweep(
     A sweet spot S < 0 counts from the steps (-2 = T-2); one that does not fit a T (S > T
     or T + S < 1) is skipped for that T. `rules` default to the rule of `options`. The other
     decoding options come from `options` (default DEFAULT_DECODING); every setting is
-    validated before the first image is decoded.
+    validated before the first image is decoded. Under the lab rule the sweet spots of one
+    T share one decode (`lab_sweet_spots`), so sweeping S costs about one run of T.
     """
     base = resolve(options)
     out = Path(out)
@@ -251,9 +296,16 @@ def sweep(
         if s is None or (s <= t if s > 0 else t + s >= 1)
     ]
     scorer = Scorer(test, InceptionFeatures(inception_weights, resize=resize, progress=False))
+    shared = _shared_lab_runs(configs)
     rows = []
     for config in tqdm(configs, desc="sweep"):
-        results, seconds = inpaint_set(model, test, config, paste=paste)
+        key = config.replace(sweet_spot=None)
+        if key in shared and config.steps_to_run in shared[key]:
+            if not isinstance(shared[key], dict):  # the first of its group: decode once
+                shared[key] = lab_sweet_spots(model, test, key, shared[key], paste=paste)
+            results, seconds = shared[key][config.steps_to_run]
+        else:
+            results, seconds = inpaint_set(model, test, config, paste=paste)
         row = {"method": "maskgit", **config.as_dict(), "sweet_spot": config.steps_to_run}
         row.update(paste=paste, resize=resize)
         rows.append({**row, **scorer.score(results), "s_per_image": seconds})
@@ -264,6 +316,16 @@ def sweep(
     plot_sweep(rows, out)
     (out / "table.md").write_text(markdown_table(rows))
     return rows
+
+
+def _shared_lab_runs(configs: list[DecodingOptions]) -> dict:
+    """{lab-rule setting without sweet spot: sorted steps-to-run of its configs}, for the
+    settings swept at more than one sweet spot (these share one decode)."""
+    groups: dict[DecodingOptions, set[int]] = {}
+    for config in configs:
+        if config.rule == "lab":
+            groups.setdefault(config.replace(sweet_spot=None), set()).add(config.steps_to_run)
+    return {key: sorted(spots) for key, spots in groups.items() if len(spots) > 1}
 
 
 GROUP = ("rule", "schedule", "steps", "sweet_spot")  # a setting; seeds are averaged over

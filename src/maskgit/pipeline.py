@@ -222,7 +222,8 @@ class MaskGIT:
             return self.transformer(tokens).float()
 
     @torch.no_grad()
-    def _decode_images(self, tokens: torch.Tensor) -> torch.Tensor:
+    def images_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, S, S) decoded from token ids (B, N) or (B, h, w)."""
         grid = self.tokenizer.cfg.token_grid
         images = self.tokenizer.decode_tokens(tokens.reshape(-1, grid, grid).to(self.device))
         return to_uint8(images.cpu())
@@ -233,7 +234,7 @@ class MaskGIT:
         out = []
         for start in range(0, len(images), batch_size):
             batch = to_model_range(images[start : start + batch_size]).to(self.device)
-            out.append(self._decode_images(self.tokenizer.encode(batch).flatten(1)))
+            out.append(self.images_from_tokens(self.tokenizer.encode(batch).flatten(1)))
         return torch.cat(out)
 
     @torch.no_grad()
@@ -272,7 +273,7 @@ class MaskGIT:
             record_steps=return_steps,
             on_step=on_step,
         )
-        return self._decode_images(final), unknown.cpu(), records
+        return self.images_from_tokens(final), unknown.cpu(), records
 
     def inpaint(
         self,
@@ -352,7 +353,7 @@ class MaskGIT:
         frames: list[list[StepFrame]] = [[] for _ in range(batch)]
         grid = self.tokenizer.cfg.token_grid
         for record in records:
-            pictures = self._decode_images(record.sampled)
+            pictures = self.images_from_tokens(record.sampled)
             for i in range(batch):
                 frames[i].append(
                     StepFrame(
