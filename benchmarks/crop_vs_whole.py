@@ -111,12 +111,21 @@ def main() -> None:
     parser.add_argument("--limits", type=float, nargs="+", default=[CROP_LIMIT])
     parser.add_argument("--limit", type=int, default=0, help="evenly spaced subset (0 = all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--no-fid", action="store_true", help="masked PSNR only (no Inception: much faster)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = MaskGIT.from_pretrained(args.model, device="cpu")
     test = load_test_set(args.images, args.masks, None, model.image_size, limit=args.limit)
     options = DecodingOptions()  # the shipped defaults (DEFAULT_DECODING)
-    inception = InceptionFeatures(None, device="cpu", progress=False)
+    inception = None if args.no_fid else InceptionFeatures(None, device="cpu", progress=False)
+
+    def extract(images: torch.Tensor) -> np.ndarray:
+        if inception is None:
+            return np.zeros((len(images), 1), np.float32)
+        return inception.features(images)
+
     n = len(test.names)
     print(f"N = {n}; decoding: {options.as_dict()}")
     print(
@@ -134,14 +143,14 @@ def main() -> None:
         big, big_masks, rows, cols = mosaic(test.truth, test.masks, k)
         side = k * model.image_size
         cases.append((f"{side}x{side} mosaic {k}x{k} (holed cell)", big, big_masks, (rows, cols)))
-    truth_cells = inception.features(test.truth)
+    truth_cells = extract(test.truth)
     configs = [("whole", math.inf, 1.0)] + [
         ("crop", c, lim) for c in args.contexts for lim in args.limits
     ]
     for name, images, masks, cells in cases:
         if cells is None:
             truth, truth_masks = images, masks
-            truth_features = truth_cells if images is test.images else inception.features(images)
+            truth_features = truth_cells if images is test.images else extract(images)
         else:
             truth, truth_masks, truth_features = test.truth, test.masks, truth_cells
         whole_windows: list = []
@@ -169,7 +178,7 @@ def main() -> None:
                     new = torch.stack(
                         [x[:, rows[i], cols[i]] for x, i in zip(new, changed, strict=True)]
                     )
-                new_features = inception.features(new)
+                new_features = extract(new)
                 if path == "whole":
                     out, features = whole = new, new_features
                 else:
@@ -177,7 +186,7 @@ def main() -> None:
                     out[changed], features[changed] = new, new_features
             done[tuple(windows)] = (out, features)
             seconds = time.perf_counter() - started
-            fid = fid_from_features(features, truth_features)
+            fid = math.nan if inception is None else fid_from_features(features, truth_features)
             psnr = masked_psnr(out.float() / 255, truth.float() / 255, truth_masks)
             crops = sum(not w.whole for w in windows)
             side = np.mean([w.side for w in windows])

@@ -379,6 +379,15 @@ def test_crop_window_rules():
     # a large hole: the whole image, centred in a square
     w = crop_window(hole(120, 200, 10, 110, 20, 180), 16)
     assert (w.top, w.left, w.side, w.whole) == (-40, 0, 200, True)
+    # a crop over CROP_LIMIT (0.5) of the image's side: the whole image instead
+    w = crop_window(hole(300, 400, 100, 220, 100, 220), 16)  # 2 x 120 = 240 > 200
+    assert (w.top, w.left, w.side, w.whole) == (-50, 0, 400, True)
+    w = crop_window(hole(300, 400, 100, 220, 100, 220), 16, limit=1.0)
+    assert (w.top, w.left, w.side, w.whole) == (40, 40, 240, False)
+    w = crop_window(hole(300, 400, 100, 200, 100, 200), 16)  # 2 x 100 = 200: a crop
+    assert (w.side, w.whole) == (200, False)
+    with pytest.raises(ValueError, match="limit"):
+        crop_window(hole(300, 400, 100, 200, 100, 200), 16, limit=0)
     # an empty mask, a model-size image
     assert crop_window(torch.zeros(16, 16, dtype=torch.bool), 16) == crop_window(
         hole(16, 16, 4, 6, 4, 6), 16

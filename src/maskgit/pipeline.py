@@ -39,8 +39,13 @@ MASKED_PIXEL_VALUE = 255  # canvas colour of unknown pixels (outpaint, generate,
 # resolution (a smaller window would only be enlarged).
 CROP_CONTEXT = 2.0
 # A crop is taken only when its window is at most CROP_LIMIT times the image's longer side;
-# a larger hole is filled from the whole picture (see crop_window).
-CROP_LIMIT = 1.0
+# a larger hole is filled from the whole picture. With 0.5 a crop shows the model at most a
+# quarter of the picture: a hole small in a large picture (a 4x4 mosaic of emoji) is filled
+# at the scale the model knows, while a hole large in an upscaled picture is filled from the
+# whole picture shrunk, which is what the model was trained on (an enlarged part of an emoji
+# is outside its data). Chosen by benchmarks/crop_vs_whole.py (issue #21): crop >= whole on
+# both.
+CROP_LIMIT = 0.5
 # Where a window reaches outside the image (a non-square image, or a window larger than the
 # image's short side), it is padded with white, marked known: white is the background the
 # emoji models are trained on and the colour transparency is composited on (reader), so the
