@@ -466,12 +466,38 @@ def test_outpaint_command(capsys, tmp_path, model_dir):
 
     model = MaskGIT.from_pretrained(model_dir, device="cpu")
     with Image.open(tmp_path / "images" / "b.png") as image:
-        expected = model.outpaint([image], (4, 4, 12, 12), steps=3, seed=1).images[0]
-    assert np.array_equal(read(out / "b.png"), np.asarray(expected))  # image i uses seed + i
+        expected = model.outpaint([image], pad=4, steps=3, seed=1).images[0]
+        pixels = np.asarray(image.convert("RGB"))
+    outpainted = read(out / "b.png")
+    assert np.array_equal(outpainted, np.asarray(expected))  # image i uses seed + i
+    assert outpainted.shape[:2] == (pixels.shape[0] + 8, pixels.shape[1] + 8)  # full size
+    assert np.array_equal(outpainted[4:-4, 4:-4], pixels)  # the image's own pixels
+    code, _, err = run(
+        capsys,
+        "outpaint",
+        "--images",
+        str(tmp_path / "images" / "a.png"),
+        "--canvas",
+        str(pixels.shape[1] + 10),
+        str(pixels.shape[0]),
+        "--at",
+        "10",
+        "0",
+        "--out",
+        str(tmp_path / "right"),
+        *common[2:],
+    )
+    assert code == 0, err
+    extended = read(tmp_path / "right" / "a.png")  # 10 new columns on the left
+    assert extended.shape[:2] == (pixels.shape[0], pixels.shape[1] + 10)
+    with Image.open(tmp_path / "images" / "a.png") as image:
+        assert np.array_equal(extended[:, 10:], np.asarray(image.convert("RGB")))
     for bad, fragment in (
-        (["--pad", "9"], "pad=9"),
-        (["--box", "0", "0", "20", "8"], "must lie inside"),
-        (["--pad", "2", "--box", "0", "0", "8", "8"], "--box and --pad"),
+        (["--pad", "wide"], "neither pixels"),
+        (["--pad", "1", "2", "3"], "1 value"),
+        (["--canvas", "8", "8"], "does not fit"),
+        (["--pad", "2", "--canvas", "40", "40"], "--pad and --canvas"),
+        (["--at", "0", "0"], "--canvas"),
     ):
         code, _, err = run(
             capsys,

@@ -1,5 +1,5 @@
 """MaskGIT pipeline on tiny random models: exactness of known pixels, determinism, batching,
-step records, sweet spot, outpainting, mask conventions and resizing."""
+step records, sweet spot, outpainting at full size, mask conventions and resizing."""
 
 from __future__ import annotations
 
@@ -201,19 +201,69 @@ def test_bad_decoding_options_raise_value_error(model, kwargs, message):
 # --------------------------------------------------------------------------- outpainting
 
 
-def test_outpaint_keeps_the_shrunk_content_inside_the_box(model):
-    colour = (200, 30, 90)
-    content = Image.new("RGB", (40, 24), colour)  # another size and aspect: resized to fit
-    result = model.outpaint([content, content], box=(4, 4, 12, 12), seed=3)
+def test_outpaint_keeps_the_image_at_full_size_inside_a_bigger_canvas(model):
+    rng = np.random.default_rng(31)
+    content = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))  # 40x24
+    pixels = np.asarray(content)
+    result = model.outpaint([content, content], pad=8, seed=3, return_steps=True)
     for image in arrays(result.images):
-        assert image.shape == (SIZE, SIZE, 3)
-        assert (image[4:12, 4:12] == colour).all()
-        assert not (image == colour).all()  # the surroundings were generated
-    assert result.token_masks[0].sum() == GRID * GRID - 4  # the 2x2 tokens inside the box
-    default = model.outpaint(content, seed=3)  # central half
-    assert (np.asarray(default.images[0])[4:12, 4:12] == colour).all()
-    with pytest.raises(ValueError, match="outpaint box"):
-        model.outpaint(content, box=(0, 0, SIZE + 1, 8))
+        assert image.shape == (24 + 16, 40 + 16, 3)  # the canvas: the image plus the margin
+        np.testing.assert_array_equal(image[8:32, 8:48], pixels)  # exact, full resolution
+        assert not (image[:8] == 255).all()  # the margin was generated
+    assert result.windows[0].whole  # the new area surrounds the image: the whole canvas
+    assert result.steps[0][0].image.size == (SIZE, SIZE)  # steps at the model's resolution
+    # default: a margin of half the image on every side (the image in the central half)
+    default = np.asarray(model.outpaint(content, seed=3).images[0])
+    assert default.shape == (48, 80, 3)
+    np.testing.assert_array_equal(default[12:36, 20:60], pixels)
+    # an explicit output size and position: the image in the top-left corner
+    corner = np.asarray(model.outpaint(content, canvas=(64, 30), at=(0, 0), seed=3).images[0])
+    assert corner.shape == (30, 64, 3)
+    np.testing.assert_array_equal(corner[:24, :40], pixels)
+
+
+def test_outpaint_a_non_square_image_keeps_its_aspect_ratio(model):
+    rng = np.random.default_rng(32)
+    photo = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # 96x64
+    out = np.asarray(model.outpaint(photo, pad="25%", seed=1, steps=2).images[0])
+    assert out.shape == (64 + 32, 96 + 48, 3)  # 25% of the height / of the width per side
+    np.testing.assert_array_equal(out[16:80, 24:120], photo)
+    wide = np.asarray(model.outpaint(photo, pad=(10, 0), seed=1, steps=2).images[0])
+    assert wide.shape == (64, 116, 3)  # (horizontal, vertical)
+    np.testing.assert_array_equal(wide[:, 10:106], photo)
+
+
+def test_outpaint_layout_rules():
+    from maskgit.pipeline import Placement, outpaint_layout, parse_pad
+
+    assert outpaint_layout(40, 24) == Placement(80, 48, 20, 12)  # 50% on every side
+    assert outpaint_layout(40, 24, 8) == Placement(56, 40, 8, 8)
+    assert outpaint_layout(40, 24, "10%") == Placement(48, 28, 4, 2)  # rounded (2.4 -> 2)
+    assert outpaint_layout(40, 24, "1 2 3 4") == Placement(44, 30, 1, 2)  # left top right bottom
+    assert outpaint_layout(40, 24, [0, 0, 8, 0]) == Placement(48, 24, 0, 0)  # one side only
+    assert outpaint_layout(40, 24, canvas=(50, 30)) == Placement(50, 30, 5, 3)  # centred
+    assert outpaint_layout(40, 24, canvas=(50, 30), at=(10, 6)) == Placement(50, 30, 10, 6)
+    assert parse_pad("5,10%") == (5, "10%", 5, "10%")
+    for kwargs, message in (
+        ({"pad": -1}, "negative"),
+        ({"pad": 0.25}, "25%"),
+        ({"pad": "abc"}, "neither pixels"),
+        ({"pad": "x%"}, "percentage"),
+        ({"pad": (1, 2, 3)}, "1 value"),
+        ({"pad": 0}, "nothing to generate"),
+        ({"canvas": (40, 24)}, "nothing to generate"),
+        ({"canvas": (50, 30), "at": (11, 0)}, "does not fit"),
+        ({"canvas": (30, 30)}, "does not fit"),
+        ({"pad": 4, "canvas": (50, 30)}, "not both"),
+        ({"at": (0, 0)}, "canvas size"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            outpaint_layout(40, 24, **kwargs)
+
+
+def test_outpaint_box_is_refused_with_a_pointer_to_the_new_arguments(model):
+    with pytest.raises(TypeError, match="pad="):
+        model.outpaint(random_images(1)[0], box=(4, 4, 12, 12))
 
 
 # --------------------------------------------------------------------------- mask inputs
@@ -329,6 +379,15 @@ def test_crop_window_rules():
     # a large hole: the whole image, centred in a square
     w = crop_window(hole(120, 200, 10, 110, 20, 180), 16)
     assert (w.top, w.left, w.side, w.whole) == (-40, 0, 200, True)
+    # a crop over CROP_LIMIT (0.5) of the image's side: the whole image instead
+    w = crop_window(hole(300, 400, 100, 220, 100, 220), 16)  # 2 x 120 = 240 > 200
+    assert (w.top, w.left, w.side, w.whole) == (-50, 0, 400, True)
+    w = crop_window(hole(300, 400, 100, 220, 100, 220), 16, limit=1.0)
+    assert (w.top, w.left, w.side, w.whole) == (40, 40, 240, False)
+    w = crop_window(hole(300, 400, 100, 200, 100, 200), 16)  # 2 x 100 = 200: a crop
+    assert (w.side, w.whole) == (200, False)
+    with pytest.raises(ValueError, match="limit"):
+        crop_window(hole(300, 400, 100, 200, 100, 200), 16, limit=0)
     # an empty mask, a model-size image
     assert crop_window(torch.zeros(16, 16, dtype=torch.bool), 16) == crop_window(
         hole(16, 16, 4, 6, 4, 6), 16

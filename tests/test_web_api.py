@@ -482,19 +482,29 @@ def test_an_upload_is_used_as_the_browser_shows_it(base):
     assert result.shape == (SIZE, SIZE // 2, 3)
 
 
-def test_outpaint_generates_around_the_shrunk_image(base):
+def test_outpaint_returns_the_image_at_full_size_inside_the_generated_margin(base):
+    picture = make_image(40)[:24]  # 40x24: larger than the model and not square
     status, answer = post_form(
-        f"{base}/api/outpaint", {**SAME, "pad": "4"}, {"image": ("in.png", png(make_image(16)))}
+        f"{base}/api/outpaint", {**SAME, "pad": "4"}, {"image": ("in.png", png(picture))}
     )
     assert status == 200, answer
     job = wait_job(base, answer["job_id"])
-    assert job["status"] == "done" and job["kind"] == "outpaint" and job["params"]["pad"] == 4
+    assert job["status"] == "done" and job["kind"] == "outpaint" and job["params"]["pad"] == "4"
+    entry = job["result"]["images"][0]
+    assert (entry["width"], entry["height"]) == (48, 32)  # the page shows the size returned
+    result = from_data_url(entry["image"])
+    assert result.shape == (32, 48, 3)
+    np.testing.assert_array_equal(result[4:28, 4:44], picture)  # the user's pixels, exact
     mask = from_data_url(job["result"]["mask"]) > 0
-    assert not mask[4:12, 4:12].any() and mask.sum() == SIZE * SIZE - 64
-    result = from_data_url(job["result"]["images"][0]["image"])
-    canvas = from_data_url(job["result"]["input"])
-    assert np.array_equal(result[4:12, 4:12], canvas[4:12, 4:12])
-    status, answer = post_form(
-        f"{base}/api/outpaint", {"pad": "9"}, {"image": ("in.png", png(make_image(16)))}
-    )
-    assert status == 400 and "pad=9" in answer["error"]
+    assert mask.shape == (32, 48) and not mask[4:28, 4:44].any()
+    assert mask.sum() == 48 * 32 - 40 * 24
+    assert from_data_url(entry["steps"][0]["image"]).shape == (SIZE, SIZE, 3)  # model steps
+    status, answer = post_form(f"{base}/api/outpaint", SAME, {"image": ("in.png", png(picture))})
+    job = wait_job(base, answer["job_id"])  # default: 50% on every side
+    assert job["params"]["pad"] == "50%"
+    assert from_data_url(job["result"]["images"][0]["image"]).shape == (48, 80, 3)
+    for pad, fragment in (("-3", "negative"), ("wide", "neither pixels"), ("5000", "limit")):
+        status, answer = post_form(
+            f"{base}/api/outpaint", {"pad": pad}, {"image": ("in.png", png(picture))}
+        )
+        assert status == 400 and fragment in answer["error"], answer

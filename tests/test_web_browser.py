@@ -226,12 +226,15 @@ def test_inpaint_in_a_real_browser(tmp_path):
             # the controls started at DEFAULT_DECODING, which the page lists
             assert "linear" in page.inner_text("#decoding-defaults")
 
-            # Outpaint tab: the loaded picture, shrunk into the middle, generated around
+            # Outpaint tab: the loaded picture at its own size, a 4 px margin generated around
             page.click("#tab-outpaint")
             page.fill("#outpaint-pad", "4")
             page.click("#run-outpaint")
             page.wait_for_selector("#results[data-kind='outpaint']")
             page.wait_for_selector("#status.ok")
+            assert "56×56" in page.inner_text("#result-size")
+            extended = decode_data_url(page.get_attribute("#result-img", "src"))
+            np.testing.assert_array_equal(extended[4:52, 4:52], picture)
 
             # Generate tab
             page.click("#tab-generate")

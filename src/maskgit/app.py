@@ -8,8 +8,9 @@
     GET  /api/defaults       the decoding options the page starts from (DEFAULT_DECODING)
     POST /api/inpaint        multipart: image, mask (white = repaint; transparent = keep)
                              + decoding options -> job
-    POST /api/outpaint       multipart: image, pad (pixels, default a quarter of the side)
-                             + decoding options -> job
+    POST /api/outpaint       multipart: image, pad (the margin to generate around the image,
+                             which keeps its own size: pixels "16" or "25%" of its side;
+                             default 50%) + decoding options -> job
     POST /api/generate       form: n + decoding options -> job
     GET  /api/jobs/{id}      status (queued / running / done / error), queue position,
                              progress, and when done the images as base64 PNG data URLs
@@ -56,7 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from maskgit.data import IMAGE_SUFFIXES
 from maskgit.decoding import DecodeStep
 from maskgit.options import DEFAULT_DECODING, DecodingOptions
-from maskgit.pipeline import outpaint_box, outpaint_canvas
+from maskgit.pipeline import DEFAULT_PAD, outpaint_canvas, outpaint_layout, parse_pad
 from maskgit.reader import fit_mask, image_tensor, mask_tensor, upright
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -422,7 +423,7 @@ def run_job(model: Any, job: Job) -> dict[str, Any]:
     job.phase = f"decoding step 1 of {job.total_steps}"
     if job.kind == "generate":
         out = model.generate(job.inputs["n"], job.options, return_steps=True, on_step=job.on_step)
-    else:  # inpaint: an image (3, H, W) and its mask (H, W); outpaint: (3, S, S), (S, S)
+    else:  # inpaint: an image (3, H, W) and its mask (H, W); outpaint: the canvas, its mask
         image, mask = job.inputs["image"], job.inputs["mask"]
         out = model.inpaint(image, mask, job.options, return_steps=True, on_step=job.on_step)
     job.done_steps = job.total_steps
@@ -525,23 +526,10 @@ def _converted(what: str, convert: Callable[[], torch.Tensor]) -> torch.Tensor:
         raise ApiError(400, f"{what}: {_scrub(str(exc)) or type(exc).__name__}") from None
 
 
-def _model_image(model: Any, upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
-    """An uploaded image at the model's size (uint8 (3, S, S)) and notices."""
-    data = _read_file(upload, "image")
-    with decode_slot():
-        picture, notices = read_upload(data, "image")
-        size = int(model.image_size)
-        if picture.size != (size, size):
-            notices.append(
-                f"the image ({picture.width}x{picture.height}) was resized to the model's "
-                f"{size}x{size}"
-            )
-        return _converted("image", lambda: image_tensor(picture, size)), notices
-
-
 def _full_image(upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
-    """An uploaded image at its own size (uint8 (3, H, W)) and notices: inpainting returns
-    it at that size (the model fills a window around the hole, `MaskGIT.inpaint`)."""
+    """An uploaded image at its own size (uint8 (3, H, W)) and notices: inpainting and
+    outpainting keep it at that size (the model fills a window around the hole,
+    `MaskGIT.inpaint`)."""
     data = _read_file(upload, "image")
     with decode_slot():
         picture, notices = read_upload(data, "image")
@@ -760,17 +748,29 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
         image: Annotated[UploadFile | None, File()] = None,
         pad: FormStr = None,
     ) -> dict[str, Any]:
-        model = jobs.require_model()
+        jobs.require_model()
         _missing(image=image)
         options = form_options(fields)
-        size = int(model.image_size)
-        margin = _parse_int("pad", pad, size // 4)
+        margin = DEFAULT_PAD if pad is None or not str(pad).strip() else str(pad).strip()
         try:
-            box = outpaint_box(size, pad=margin)
+            parse_pad(margin)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        pixels, notices = _model_image(model, image)
-        canvas, mask = outpaint_canvas(pixels, box)
+        pixels, notices = _full_image(image)
+        try:
+            placement = outpaint_layout(pixels.shape[2], pixels.shape[1], margin)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if max(placement.width, placement.height) > MAX_SIDE or (
+            placement.width * placement.height > MAX_PIXELS
+        ):
+            raise ApiError(
+                400,
+                f"pad={margin}: the outpainted picture would be {placement.width}x"
+                f"{placement.height}, over the limit of {MAX_SIDE} px a side and "
+                f"{MAX_PIXELS:,} pixels; give a smaller margin or image",
+            )
+        canvas, mask = outpaint_canvas(pixels, placement)
         inputs = {"image": canvas, "mask": mask}
         job = jobs.submit("outpaint", options, inputs, notices, extra={"pad": margin})
         return queued(job)

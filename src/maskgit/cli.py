@@ -410,17 +410,27 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 def cmd_outpaint(args: argparse.Namespace) -> int:
     from maskgit.inpaint_files import outpaint_files
-    from maskgit.pipeline import MaskGIT, check_run_options
+    from maskgit.pipeline import MaskGIT, check_run_options, parse_pad
 
     started = time.perf_counter()
     options = decoding_options(args)
     check_run_options(batch_size=args.batch_size)
-    if args.box is not None and args.pad is not None:
-        raise ValueError("--box and --pad: give one of them")
+    if args.pad is not None and args.canvas is not None:
+        raise ValueError("--pad and --canvas: give one of them")
+    if args.at is not None and args.canvas is None:
+        raise ValueError("--at X Y: give --canvas W H too")
+    pad = None if args.pad is None else parse_pad(" ".join(args.pad))  # fails before loading
     _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device)
     paths = outpaint_files(
-        model, args.images, args.out, options, box=args.box, pad=args.pad, **_run_options(args)
+        model,
+        args.images,
+        args.out,
+        options,
+        pad=pad,
+        canvas=args.canvas,
+        at=args.at,
+        **_run_options(args),
     )
     _report("outpainted images", paths, args.out, args.save_steps, started)
     return 0
@@ -668,15 +678,30 @@ def args_outpaint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, metavar="DIR|FILE", help="image file or folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
-        "--box",
-        type=int,
-        nargs=4,
+        "--pad",
+        nargs="+",
         default=None,
-        metavar=("X0", "Y0", "X1", "Y1"),
-        help="where the image goes on the model's canvas (default: the central half)",
+        metavar="M",
+        help="the margin to generate around each image, which keeps its own size and pixels: "
+        "pixels (16) or a percentage of the image's side (25%%); 1 value (every side), 2 "
+        "(horizontal vertical) or 4 (left top right bottom). Default: 50%% (the image in the "
+        "central half of the output)",
     )
     p.add_argument(
-        "--pad", type=int, default=None, metavar="P", help="or: a margin of P pixels to generate"
+        "--canvas",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("W", "H"),
+        help="or: the output size in pixels (the image centred on it, or at --at)",
+    )
+    p.add_argument(
+        "--at",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("X", "Y"),
+        help="with --canvas: where the image's top-left corner goes",
     )
     _add_file_run(p)
 
@@ -857,12 +882,14 @@ COMMANDS = (
     ),
     Command(
         "outpaint",
-        "extend images: shrink each into a box of the canvas and generate around it",
+        "extend images: generate a margin around each, the image kept at its own size",
         args_outpaint,
         cmd_outpaint,
-        description="Place each image inside --box (or within a --pad margin; default the "
-        "central half) of the model's canvas and generate everything around it; outputs are "
-        "PNGs with the input names at the model's resolution.",
+        description="Place each image, at its own size and with its own pixels, on a larger "
+        "canvas (a --pad margin, default 50% of the image on every side; or --canvas W H "
+        "with --at X Y) and generate everything around it. The model fills the canvas at its "
+        "own resolution and the new area is upscaled to the canvas's; outputs are PNGs with "
+        "the input names at the canvas size (--save-steps pictures show the model's steps).",
     ),
     Command(
         "generate",

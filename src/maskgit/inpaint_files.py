@@ -37,9 +37,10 @@ from maskgit.options import DecodingOptions, resolve
 from maskgit.pipeline import (
     MASKED_PIXEL_VALUE,
     MaskGIT,
+    Pad,
     check_run_options,
-    outpaint_box,
     outpaint_canvas,
+    outpaint_layout,
 )
 from maskgit.reader import check_convention, image_tensor, read_image, read_mask
 from maskgit.visualize import masked_preview, save_png, save_step_visuals
@@ -295,33 +296,43 @@ def outpaint_files(
     out: str | Path,
     options: DecodingOptions | None = None,
     *,
-    box: Sequence[int] | None = None,
-    pad: int | None = None,
+    pad: Pad | None = None,
+    canvas: Sequence[int] | None = None,
+    at: Sequence[int] | None = None,
     save_steps: bool = False,
     batch_size: int = 32,
     progress: bool = True,
     **changes: Any,
 ) -> list[Path]:
-    """Outpaint every image of `images` (a file or folder): each is shrunk into `box` (or a
-    margin of `pad` pixels; default the central half, `pipeline.outpaint_box`) of the
-    model's canvas and the rest is generated; PNGs named after the inputs go into `out`."""
+    """Outpaint every image of `images` (a file or folder) at its own size: each is placed on
+    a larger canvas (a margin `pad`, or `canvas` (width, height) with the image's top-left
+    `at`; see `pipeline.outpaint_layout`) and the rest is generated. PNGs of the canvas size,
+    equal to the image inside its placement, named after the inputs go into `out`.
+    Everything (layouts included) is checked before the first output is written."""
     options = resolve(options, **changes)
     check_run_options(batch_size=batch_size)
     out = Path(out)
     _check_out(out, images)
-    size = model.image_size
-    region = outpaint_box(size, box, pad)
     files, is_folder = _files(images, "images")
     if is_folder:
         _by_stem(files, images)  # two inputs must not write the same output
     written = _written([path.stem for path in files], save_steps)
     check_no_overwrite(out, written, [("image", path) for path in files])
-    pairs = [outpaint_canvas(image_tensor(read_image(path), size), region) for path in files]
+    canvases, masks = [], []
+    for path in files:
+        pixels = image_tensor(read_image(path), None)
+        try:
+            placement = outpaint_layout(pixels.shape[2], pixels.shape[1], pad, canvas, at)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        extended, mask = outpaint_canvas(pixels, placement)
+        canvases.append(extended)
+        masks.append(mask)
     return _write_batches(
         model,
         [path.stem for path in files],
-        [canvas for canvas, _ in pairs],
-        [mask for _, mask in pairs],
+        canvases,
+        masks,
         out,
         options,
         save_steps=save_steps,

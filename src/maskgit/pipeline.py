@@ -38,6 +38,14 @@ MASKED_PIXEL_VALUE = 255  # canvas colour of unknown pixels (outpaint, generate,
 # side (so a hole keeps at least its own size of context on every side), at least the model's
 # resolution (a smaller window would only be enlarged).
 CROP_CONTEXT = 2.0
+# A crop is taken only when its window is at most CROP_LIMIT times the image's longer side;
+# a larger hole is filled from the whole picture. With 0.5 a crop shows the model at most a
+# quarter of the picture: a hole small in a large picture (a 4x4 mosaic of emoji) is filled
+# at the scale the model knows, while a hole large in an upscaled picture is filled from the
+# whole picture shrunk, which is what the model was trained on (an enlarged part of an emoji
+# is outside its data). Chosen by benchmarks/crop_vs_whole.py (issue #21): crop >= whole on
+# both.
+CROP_LIMIT = 0.5
 # Where a window reaches outside the image (a non-square image, or a window larger than the
 # image's short side), it is padded with white, marked known: white is the background the
 # emoji models are trained on and the colour transparency is composited on (reader), so the
@@ -58,16 +66,21 @@ class Window:
     whole: bool  # the window holds the whole image (padded to a square)
 
 
-def crop_window(mask: torch.Tensor, model_size: int, context: float = CROP_CONTEXT) -> Window:
+def crop_window(
+    mask: torch.Tensor, model_size: int, context: float = CROP_CONTEXT, limit: float = CROP_LIMIT
+) -> Window:
     """The square window the model fills for a bool mask (H, W), True = repaint.
 
     Side: `context` times the longer side of the mask's bounding box, at least `model_size`.
     The window is centred on the box and shifted to lie inside the image where it fits (no
-    padding); when the side reaches the image's longer side (a large hole, a small image, an
-    empty mask) the window is the whole image, centred in a square (white padding, PAD_VALUE).
+    padding); when the side is over `limit` times the image's longer side (a large hole, a
+    small image, an empty mask) the window is the whole image, centred in a square (white
+    padding, PAD_VALUE).
     """
     if context < 1:
         raise ValueError(f"context={context}: expected at least 1 (the window holds the hole)")
+    if not 0 < limit <= 1:
+        raise ValueError(f"limit={limit}: expected more than 0 and at most 1 (the whole image)")
     height, width = (int(v) for v in mask.shape)
     longest = max(height, width)
     rows, cols = torch.nonzero(mask.any(1)), torch.nonzero(mask.any(0))
@@ -78,7 +91,7 @@ def crop_window(mask: torch.Tensor, model_size: int, context: float = CROP_CONTE
         x0, x1 = int(cols[0]), int(cols[-1]) + 1
         wanted = context * max(y1 - y0, x1 - x0)  # context = infinity: always the whole
         side = longest if wanted >= longest else max(math.ceil(wanted), model_size)
-    if side >= longest:
+    if side >= longest or side > limit * longest:
         return Window((height - longest) // 2, (width - longest) // 2, longest, True)
 
     def start(lo: int, hi: int, extent: int) -> int:
@@ -288,6 +301,7 @@ class MaskGIT:
         on_step: StepCallback | None = None,
         first_index: int = 0,
         crop_context: float = CROP_CONTEXT,
+        crop_limit: float = CROP_LIMIT,
         **changes: Any,
     ) -> InpaintResult:
         """Repaint the masked pixels of each image; each comes back at its own size, and
@@ -296,7 +310,8 @@ class MaskGIT:
         Images of any size and aspect ratio: the mask is read at the image's size (it must
         match), the model fills a square window around the hole (`crop_window`: the hole's
         bounding box, `crop_context` times its side, never less than the model's resolution;
-        the whole image, padded to a square, when that is as large as the image), brought to
+        the whole image, padded to a square, when that is over `crop_limit` times the image's
+        longer side), brought to
         the model's resolution and back, and the fill is pasted into the masked pixels only.
         A model-size image fills itself, unchanged. `result.windows` says where each image
         was filled; step frames and token masks are at the model's resolution.
@@ -326,7 +341,7 @@ class MaskGIT:
                         f"is {hole.shape[1]}x{hole.shape[0]}: an image and its mask must have "
                         "the same size"
                     )
-                window = crop_window(hole, size, crop_context)
+                window = crop_window(hole, size, crop_context, crop_limit)
                 crop, crop_mask = to_model_view(image, hole, window, size)
                 windows.append(window)
                 batch.append(crop)
@@ -367,20 +382,39 @@ class MaskGIT:
     def outpaint(
         self,
         images: ImageLike | Sequence[ImageLike],
-        box: tuple[int, int, int, int] | None = None,
         options: DecodingOptions | None = None,
+        *,
+        pad: Pad | None = None,
+        canvas: Sequence[int] | None = None,
+        at: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> InpaintResult:
-        """Place each image inside `box` (x0, y0, x1, y1) of the model canvas; generate the rest.
+        """Extend each image: it keeps its own size and pixels on a larger canvas, and the
+        model generates the rest of the canvas.
 
-        Default box: the central half of the canvas (`outpaint_box`). Limits: the canvas is
-        the model's resolution (no sliding window), so the given content is shrunk to fit
-        the box. Other arguments as `inpaint`.
+        Where the image goes (`outpaint_layout`): a margin `pad` around it (pixels, or
+        "25%" of the image's side; one value, or (horizontal, vertical), or (left, top,
+        right, bottom)), or an output size `canvas` (width, height) with the image's top-left
+        corner `at` (x, y) (default: centred); neither: a margin of half the image on every
+        side (the image in the central half). Each result has the canvas's size, and the
+        image's pixels are exact inside its placement. The model fills the canvas at its own
+        resolution (as `inpaint` fills a hole: the whole canvas shrunk into the model's square
+        when the new area surrounds the image), and the generated area is brought back to the
+        canvas's resolution. Other arguments as `inpaint` (step frames are at the model's
+        resolution).
         """
-        size = self.image_size
-        box = outpaint_box(size, box)
-        pairs = [outpaint_canvas(image_tensor(image, size), box) for image in _as_list(images)]
-        canvases, masks = [c for c, _ in pairs], [m for _, m in pairs]
+        if "box" in kwargs:
+            raise TypeError(
+                "outpaint(box=...) is gone: the image now keeps its own size; give pad= "
+                "(a margin) or canvas= and at= (the output size and where the image goes)"
+            )
+        canvases, masks = [], []
+        for image in _as_list(images):
+            pixels = image_tensor(image, None)
+            placement = outpaint_layout(pixels.shape[2], pixels.shape[1], pad, canvas, at)
+            extended, mask = outpaint_canvas(pixels, placement)
+            canvases.append(extended)
+            masks.append(mask)
         return self.inpaint(canvases, masks, options, **kwargs)
 
     def generate(
@@ -396,44 +430,153 @@ class MaskGIT:
         return self.inpaint([blank] * n, [full] * n, options, **kwargs)
 
 
-def outpaint_box(
-    size: int, box: Sequence[int] | None = None, pad: int | None = None
-) -> tuple[int, int, int, int]:
-    """Where the given content goes on a size x size canvas: `box` (x0, y0, x1, y1), or a
-    margin of `pad` pixels on every side, or (neither) the central half of the canvas."""
-    if box is not None and pad is not None:
-        raise ValueError("give an outpaint box or a pad, not both")
-    if pad is not None:
-        if not 0 < pad < size / 2:
-            raise ValueError(f"pad={pad}: expected 1 to {(size - 1) // 2} pixels (canvas {size})")
-        box = (pad, pad, size - pad, size - pad)
-    if box is None:
-        box = (size // 4, size // 4, size - size // 4, size - size // 4)
-    if len(box) != 4:
-        raise ValueError(f"outpaint box {tuple(box)}: expected 4 numbers x0 y0 x1 y1")
-    x0, y0, x1, y1 = (int(v) for v in box)
-    if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
-        raise ValueError(f"outpaint box {(x0, y0, x1, y1)} must lie inside 0..{size}")
-    return x0, y0, x1, y1
+Pad = int | str | Sequence[int | str]  # a margin: pixels (16) or a percentage ("25%")
+DEFAULT_PAD = "50%"  # the image in the central half of the canvas
 
 
-def outpaint_canvas(
-    content: torch.Tensor, box: tuple[int, int, int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 content (3, S, S) shrunk into `box` of a blank canvas -> (canvas, bool mask
-    (S, S), True = to generate: everything outside the box)."""
-    x0, y0, x1, y1 = box
-    small = F.interpolate(
-        content[None].float(),
-        size=(y1 - y0, x1 - x0),
-        mode="bicubic",
-        align_corners=False,
-        antialias=True,
-    )[0]
-    canvas = torch.full_like(content, MASKED_PIXEL_VALUE)
-    canvas[:, y0:y1, x0:x1] = small.round().clamp(0, 255).to(torch.uint8)
-    mask = torch.ones(content.shape[1:], dtype=torch.bool)
-    mask[y0:y1, x0:x1] = False
+@dataclass(frozen=True)
+class Placement:
+    """An outpaint canvas of `width` x `height` with the image's top-left corner at
+    (left, top)."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+
+
+def parse_pad(pad: Pad) -> tuple[int | str, int | str, int | str, int | str]:
+    """A margin as (left, top, right, bottom), each pixels (int) or a percentage ("25%").
+
+    One value: every side; two: (horizontal, vertical); four: (left, top, right, bottom)
+    (PIL's ImageOps.expand border order). Text "16" or "16 8" or "10%,5%" is split on commas
+    and spaces. ValueError names what is wrong.
+    """
+    if isinstance(pad, str):
+        parts: list = pad.replace(",", " ").split()
+    elif isinstance(pad, (int, np.integer)) and not isinstance(pad, bool):
+        parts = [int(pad)]
+    elif isinstance(pad, Sequence):
+        parts = list(pad)
+    else:
+        raise ValueError(
+            f'pad={pad!r}: expected pixels (an int) or a percentage of the image ("25%")'
+        )
+    if len(parts) not in (1, 2, 4):
+        raise ValueError(
+            f"pad={pad!r}: expected 1 value (every side), 2 (horizontal, vertical) or 4 "
+            "(left, top, right, bottom)"
+        )
+    values = [_margin(part, pad) for part in parts]
+    if len(values) == 1:
+        values *= 4
+    elif len(values) == 2:
+        values *= 2
+    return values[0], values[1], values[2], values[3]
+
+
+def _margin(part: Any, pad: Any) -> int | str:
+    """One margin value: pixels (int >= 0) or "P%" (P >= 0)."""
+    if isinstance(part, (int, np.integer)) and not isinstance(part, bool):
+        value: int | str = int(part)
+    elif isinstance(part, str) and part.strip().endswith("%"):
+        value = part.strip()
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            percent = -1.0
+        if not (math.isfinite(percent) and percent >= 0):
+            raise ValueError(f"pad={pad!r}: {part!r} is not a percentage like 25%")
+        return value
+    elif isinstance(part, str) and part.strip().lstrip("-").isdigit():
+        value = int(part.strip())
+    else:
+        raise ValueError(
+            f"pad={pad!r}: {part!r} is neither pixels (a whole number) nor a percentage of the "
+            'image ("25%"; a fraction such as 0.25 is written 25%)'
+        )
+    if value < 0:
+        raise ValueError(f"pad={pad!r}: a margin cannot be negative ({part!r})")
+    return value
+
+
+def _pixels(margin: int | str, side: int) -> int:
+    if isinstance(margin, str):  # a percentage of the image's side along that axis
+        return round(float(margin[:-1]) / 100 * side)
+    return margin
+
+
+def outpaint_layout(
+    width: int,
+    height: int,
+    pad: Pad | None = None,
+    canvas: Sequence[int] | None = None,
+    at: Sequence[int] | None = None,
+) -> Placement:
+    """Where a `width` x `height` image goes on its outpaint canvas.
+
+    `pad`: a margin around the image (`parse_pad`; percentages of the image's width for left
+    and right, of its height for top and bottom, so a uniform percentage keeps the aspect
+    ratio). Or `canvas` (width, height), the output size, with `at` (x, y) the image's
+    top-left corner on it (default: centred). Neither: DEFAULT_PAD. The canvas must hold the
+    image and be larger than it (something to generate). ValueError names what is wrong.
+    """
+    if pad is not None and (canvas is not None or at is not None):
+        raise ValueError("give an outpaint margin (pad) or a canvas size and position, not both")
+    if at is not None and canvas is None:
+        raise ValueError("at (x, y): give the canvas size (width, height) too")
+    if canvas is None:
+        left, top, right, bottom = parse_pad(DEFAULT_PAD if pad is None else pad)
+        left, right = _pixels(left, width), _pixels(right, width)
+        top, bottom = _pixels(top, height), _pixels(bottom, height)
+        placement = Placement(left + width + right, top + height + bottom, left, top)
+    else:
+        size = _ints(canvas, "canvas", "width, height")
+        if min(size) < 1:
+            raise ValueError(f"canvas {size}: expected a positive width and height")
+        if at is None:
+            where = ((size[0] - width) // 2, (size[1] - height) // 2)
+        else:
+            where = _ints(at, "at", "x, y")
+        placement = Placement(size[0], size[1], where[0], where[1])
+        if not (
+            0 <= placement.left <= placement.width - width
+            and 0 <= placement.top <= placement.height - height
+        ):
+            raise ValueError(
+                f"a {width}x{height} image at {where} does not fit on a "
+                f"{size[0]}x{size[1]} canvas: it must lie inside"
+            )
+    if (placement.width, placement.height) == (width, height):
+        raise ValueError(
+            f"outpaint canvas {placement.width}x{placement.height} is the image's own size: "
+            "nothing to generate (give a margin or a larger canvas)"
+        )
+    return placement
+
+
+def _ints(values: Sequence[int], name: str, meaning: str) -> tuple[int, int]:
+    items = list(values)
+    if len(items) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
+    ):
+        raise ValueError(f"{name}={tuple(items)}: expected two whole numbers ({meaning})")
+    return int(items[0]), int(items[1])
+
+
+def outpaint_canvas(image: torch.Tensor, placement: Placement) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 `image` (3, h, w) at its own size on a blank canvas (MASKED_PIXEL_VALUE) of
+    `placement` -> (canvas (3, H, W), bool mask (H, W), True = to generate: everything
+    outside the image)."""
+    _, h, w = image.shape
+    rows = slice(placement.top, placement.top + h)
+    cols = slice(placement.left, placement.left + w)
+    canvas = torch.full(
+        (3, placement.height, placement.width), MASKED_PIXEL_VALUE, dtype=torch.uint8
+    )
+    canvas[:, rows, cols] = image
+    mask = torch.ones(placement.height, placement.width, dtype=torch.bool)
+    mask[rows, cols] = False
     return canvas, mask
 
 
