@@ -47,14 +47,18 @@ installed is left out, said so in the table).
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -171,9 +175,7 @@ def _clip_tokenizer(folder: str):
         json.dump({token: i for i, token in enumerate(vocab)}, f)
     with open(os.path.join(folder, "merges.txt"), "w") as f:
         f.write("#version: 0.2\n")
-    return CLIPTokenizer(
-        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=16
-    )
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True, model_max_length=16)
 
 
 def _uvit(text_dim: int):
@@ -224,8 +226,7 @@ def amused_decode(device, batch, steps) -> Contender:
         latent_channels=64,
         layers_per_block=1,
         norm_num_groups=32,
-        num_vq_embeddings=CODES,
-        vq_embed_dim=16,
+        num_vq_embeddings=CODES,  # codes of width latent_channels (the pipeline needs that)
         sample_size=SIZE,
         mid_block_add_attention=False,
         lookup_from_codebook=True,
@@ -304,11 +305,66 @@ def amused_train(device, batch) -> Contender:
 # --------------------------------------------------------------------------- muse
 
 
-def _muse_modules():
-    """muse-maskgit-pytorch's MaskGitTransformer, VQGanVAE and MaskGit classes."""
-    from muse_maskgit_pytorch import MaskGit, MaskGitTransformer, VQGanVAE
+MUSE_T5 = "t5-small"  # the name muse looks its text width up under (see _muse_modules)
+TORCHVISION_IMPORT = re.compile(r"^(import torchvision\b|from torchvision\b).*$", re.M)
 
-    return MaskGit, MaskGitTransformer, VQGanVAE
+
+def _muse_modules():
+    """muse-maskgit-pytorch's MaskGit, MaskGitTransformer and VQGanVAE, imported without
+    torchvision and without a download.
+
+    The package imports torchvision when imported (image transforms for its trainers, VGG
+    for its perceptual loss), and no torchvision release installs beside torch 2.13.0's CPU
+    wheel (requirements/peers.txt leaves it out). The classes used here never call it (the
+    VAE is built with use_vgg_and_gan=False), so when torchvision is missing the package's
+    __init__ (its trainers) is skipped and its two model files are executed from their
+    installed source with the torchvision import lines left out; nothing stands in for
+    torchvision. The transformer reads its text width from a T5 config it would download:
+    a local T5Config of width DIM is put in muse's own config cache first.
+    """
+    try:
+        import muse_maskgit_pytorch as muse
+        import torchvision  # noqa: F401
+    except ImportError:
+        muse = _muse_without_torchvision()
+    from transformers import T5Config
+
+    t5 = importlib.import_module("muse_maskgit_pytorch.t5")
+    t5.T5_CONFIGS.setdefault(MUSE_T5, {"config": T5Config(d_model=DIM)})
+    return muse.MaskGit, muse.MaskGitTransformer, muse.VQGanVAE
+
+
+def _muse_without_torchvision():
+    name = "muse_maskgit_pytorch"
+    if getattr(sys.modules.get(name), "VQGanVAE", None) is not None:
+        return sys.modules[name]  # loaded so before
+    spec = importlib.util.find_spec(name)  # locates the package, runs none of it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"No module named {name!r}")
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules[name] = package
+    package = sys.modules[name]
+    folder = spec.submodule_search_locations[0]
+    for stem in ("vqgan_vae", "muse_maskgit_pytorch"):
+        full = f"{name}.{stem}"
+        if full in sys.modules:
+            continue
+        path = os.path.join(folder, f"{stem}.py")
+        with open(path) as f:
+            source = TORCHVISION_IMPORT.sub("pass  # torchvision: not used here", f.read())
+        module = types.ModuleType(full)
+        module.__file__ = path
+        sys.modules[full] = module
+        exec(compile(source, path, "exec"), module.__dict__)
+        setattr(package, stem, module)
+    models = sys.modules[f"{name}.muse_maskgit_pytorch"]
+    for attr in ("MaskGit", "MaskGitTransformer"):
+        setattr(package, attr, getattr(models, attr))
+    package.VQGanVAE = sys.modules[f"{name}.vqgan_vae"].VQGanVAE
+    return package
 
 
 def _muse_transformer():
@@ -321,12 +377,19 @@ def _muse_transformer():
         dim_head=DIM // HEADS,
         heads=HEADS,
         ff_mult=4,
+        t5_name=MUSE_T5,
     )
 
 
 def _muse_vae():
     _, _, VQGanVAE = _muse_modules()
-    return VQGanVAE(dim=48, codebook_size=CODES, layers=2, use_vgg_and_gan=False)
+    return VQGanVAE(dim=48, layers=2, codebook_size=CODES, use_vgg_and_gan=False)
+
+
+def _empty_text(batch: int, device) -> torch.Tensor:
+    """muse's text states for no text: one all-zero state, which its context mask drops
+    (every layer's cross-attention then sees its learned null key/value only)."""
+    return torch.zeros(batch, 1, DIM, device=device)
 
 
 def muse_inpaint(vae, transformer, images, masks, steps: int, generator=None):
@@ -348,7 +411,7 @@ def muse_inpaint(vae, transformer, images, masks, steps: int, generator=None):
     ids = torch.where(unknown, torch.full_like(ids, mask_id), ids)
     scores = torch.zeros(ids.shape, device=device)
     scores = scores.masked_fill(~unknown, -1e5)
-    text_embeds = torch.zeros(ids.shape[0], 1, transformer.dim_text, device=device)
+    text_embeds = _empty_text(ids.shape[0], device)
     n_unknown = unknown.sum(-1)
     for step in range(steps):
         ratio = math.cos(math.pi / 2 * step / steps)
@@ -399,7 +462,7 @@ def muse_train(device, batch) -> Contender:
     optimiser = torch.optim.AdamW(transformer.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, CODES, (batch, GRID * GRID), generator=g).to(device)
-    text_embeds = torch.zeros(batch, 1, transformer.dim_text, device=device)
+    text_embeds = _empty_text(batch, device)
 
     def run() -> None:
         loss = model(tokens, text_embeds=text_embeds)
@@ -414,22 +477,39 @@ def muse_train(device, batch) -> Contender:
 # --------------------------------------------------------------------------- measuring
 
 
-def count_flops(run: Callable[[], None]) -> int:
-    """FLOPs of one call by torch.utils.flop_counter, with torch's fused CPU attention
-    kernel (not in torch's table) counted like the other fused attention kernels."""
+def _sdpa_cpu_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    return flop_counter_module().sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def _sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    return flop_counter_module().sdpa_backward_flop_count(
+        grad_out.shape, query.shape, key.shape, value.shape
+    )
+
+
+_sdpa_cpu_flops._get_raw = True  # called with the tensors, as torch's raw formulas
+_sdpa_cpu_backward_flops._get_raw = True
+
+
+def flop_counter_module():
     from torch.utils import flop_counter
 
+    return flop_counter
+
+
+def count_flops(run: Callable[[], None]) -> int:
+    """FLOPs of one call by torch.utils.flop_counter, with torch's fused CPU attention
+    kernel (not in torch's table) counted by torch's formula for the other fused kernels."""
+    flop_counter = flop_counter_module()
     aten = torch.ops.aten
     extra = {}
     for name, formula in (
-        ("_scaled_dot_product_flash_attention_for_cpu", flop_counter.sdpa_flop),
-        (
-            "_scaled_dot_product_flash_attention_for_cpu_backward",
-            flop_counter.sdpa_backward_flop,
-        ),
+        ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flops),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward_flops),
     ):
-        if hasattr(aten, name) and getattr(aten, name) not in flop_counter.flop_registry:
-            extra[getattr(aten, name)] = formula
+        op = getattr(aten, name, None)
+        if op is not None and op not in flop_counter.flop_registry:
+            extra[op] = formula
     with flop_counter.FlopCounterMode(display=False, custom_mapping=extra) as counter:
         run()
     return counter.get_total_flops()
@@ -538,7 +618,7 @@ BUILDERS = {
 PACKAGE = {"amused": "diffusers / transformers", "muse": "muse-maskgit-pytorch"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -564,6 +644,11 @@ def main(argv: list[str] | None = None) -> int:
         help="wall (default) or this process's CPU time (with --threads 1 on a busy machine)",
     )
     parser.add_argument("--json", metavar="OUT", help="also write every number to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
         parser.error("--rounds and --threads: at least 1")
