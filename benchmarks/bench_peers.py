@@ -272,7 +272,7 @@ def amused_decode(device, batch, steps) -> Contender:
     params = count(transformer) + count(vqvae) + count(text_encoder)
     notes = (
         f"+ cross-attention to {TEXT_DIM}-dim text states, micro-conds, res-blocks; "
-        "text encoder each call; AmusedScheduler"
+        "text encoder each call; AmusedScheduler (pipeline deprecated since diffusers 0.33)"
     )
     return Contender("amused", run, params, count(transformer), notes)
 
