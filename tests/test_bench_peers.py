@@ -60,6 +60,7 @@ def test_maskgit_rows_and_json(bench, tmp_path, capsys):
     assert decode["maskgit"]["ratio_median"] == 1.0
     assert len(decode["maskgit-int8"]["times_s"]) == 2
     assert decode["maskgit"]["gflop"] > 0 and decode["maskgit"]["percent_of_peak"] > 0
+    assert decode["maskgit-int8"]["gflop"] == decode["maskgit"]["gflop"]  # int8: fp32 count
     assert decode["maskgit"]["transformer_params"] == decode["maskgit-int8"]["transformer_params"]
     train = report["tables"]["train"]["rows"]
     assert [row["name"] for row in train] == ["maskgit"]
