@@ -18,6 +18,9 @@ EXTRA_OF_MODULE = {
     "multipart": "web",
     "cairosvg": "data",
     "emoji": "data",
+    "diffusers": "peers",
+    "transformers": "peers",
+    "muse_maskgit_pytorch": "peers",
 }
 
 

@@ -796,12 +796,14 @@ def create_app(
     model_path: str | Path | None = None,
     device: str | torch.device | None = None,
     *,
+    quantize: str | None = None,
     loader: Callable[[], Any] | None = None,
     samples_dir: str | Path | None = None,
     allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
-    """The demo app. The model (`MaskGIT.from_pretrained(model_path, device)`, or `loader()`
-    when given, e.g. a slow stand-in in tests) loads in a background thread at startup.
+    """The demo app. The model (`MaskGIT.from_pretrained(model_path, device, quantize=
+    quantize)`, or `loader()` when given, e.g. a slow stand-in in tests) loads in a
+    background thread at startup.
 
     Requests must name one of the hosts served in their Host header: localhost, 127.0.0.1,
     ::1 and `allowed_hosts` (e.g. the --host it listens on); POSTs from another origin are
@@ -811,7 +813,7 @@ def create_app(
         def loader() -> Any:
             from maskgit.pipeline import MaskGIT
 
-            return MaskGIT.from_pretrained(model_path, device=device)
+            return MaskGIT.from_pretrained(model_path, device=device, quantize=quantize)
 
     jobs = JobQueue(loader)
 

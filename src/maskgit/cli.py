@@ -57,6 +57,13 @@ def _add_model(p: argparse.ArgumentParser) -> None:
         help="model folder with tokenizer.safetensors and transformer.safetensors "
         "(default: the embedded emoji-demo model)",
     )
+    p.add_argument(
+        "--quantize",
+        default=None,
+        metavar="MODE",
+        help="int8: the transformer's linear layers in int8 (dynamic quantisation; CPU only, "
+        "the device is then the CPU unless given; default: float32)",
+    )
 
 
 def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
@@ -284,7 +291,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from maskgit.demo import main as demo_main
 
-    return demo_main(args.out, args.model, decoding_options(args), args.device)
+    return demo_main(
+        args.out, args.model, decoding_options(args), args.device, quantize=args.quantize
+    )
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -319,7 +328,7 @@ def _model_and_test_set(args: argparse.Namespace):
     unknown = [name for name in args.baselines if name not in REFERENCES]
     if unknown:  # before any slow work
         raise ValueError(f"--baselines {' '.join(unknown)}: valid: {', '.join(REFERENCES)}")
-    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    model = MaskGIT.from_pretrained(args.model, device=args.device, quantize=args.quantize)
     test = load_test_set(
         args.images, args.masks, args.gt, model.image_size, args.mask_convention, args.limit
     )
@@ -392,7 +401,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     check_run_options(batch_size=args.batch_size, feather=args.feather)
     check_convention(args.mask_convention)
     _guard_out(args.out, [], model=args.model)
-    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    model = MaskGIT.from_pretrained(args.model, device=args.device, quantize=args.quantize)
     paths = inpaint_folder(
         model,
         args.images,
@@ -421,7 +430,7 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
         raise ValueError("--at X Y: give --canvas W H too")
     pad = None if args.pad is None else parse_pad(" ".join(args.pad))  # fails before loading
     _guard_out(args.out, [], model=args.model)
-    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    model = MaskGIT.from_pretrained(args.model, device=args.device, quantize=args.quantize)
     paths = outpaint_files(
         model,
         args.images,
@@ -446,7 +455,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--n {args.n}: expected at least 1 image")
     check_run_options(batch_size=args.batch_size)
     _guard_out(args.out, [], model=args.model)
-    model = MaskGIT.from_pretrained(args.model, device=args.device)
+    model = MaskGIT.from_pretrained(args.model, device=args.device, quantize=args.quantize)
     paths = generate_files(model, args.n, args.out, options, **_run_options(args))
     _report("generated images", paths, args.out, args.save_steps, started)
     return 0
@@ -464,8 +473,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from exc
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0 to 65535")
+    if args.quantize is not None:  # before the model loads in the background
+        from maskgit.pipeline import check_quantize
+
+        check_quantize(args.quantize, args.device)
     listener = _listen(args.host, args.port)  # before any thread starts: a busy port is one line
-    app = create_app(args.model, device=args.device, allowed_hosts=[args.host, *args.allow_host])
+    app = create_app(
+        args.model,
+        device=args.device,
+        quantize=args.quantize,
+        allowed_hosts=[args.host, *args.allow_host],
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"maskgit: warning: serving on {args.host}: the demo has no authentication; "

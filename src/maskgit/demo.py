@@ -26,13 +26,14 @@ def run_demo(
     model_path: str | None = None,
     options: DecodingOptions = DEFAULT_DECODING,
     device: str | None = None,
+    quantize: str | None = None,
 ) -> list[Path]:
     """Inpaint every bundled sample; write results, step pictures and an overview to `out`.
 
     Decoding: `options`, by default DEFAULT_DECODING (the shipped model's best setting).
     """
     out = Path(out)
-    model = MaskGIT.from_pretrained(model_path, device=device)
+    model = MaskGIT.from_pretrained(model_path, device=device, quantize=quantize)
     size = model.image_size
     pairs = sample_pairs()
     images = [Image.fromarray(read_image(p, size)) for p, _ in pairs]
@@ -59,10 +60,11 @@ def main(
     model_path: str | None,
     options: DecodingOptions = DEFAULT_DECODING,
     device: str | None = None,
+    quantize: str | None = None,
 ) -> int:
     """CLI body: run the demo and say what was written and how long it took."""
     started = time.perf_counter()
-    written = run_demo(out, model_path, options, device)
+    written = run_demo(out, model_path, options, device, quantize)
     elapsed = time.perf_counter() - started
     results = [p for p in written if p.parent == Path(out) and p.name != "overview.png"]
     print(

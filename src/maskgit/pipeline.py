@@ -12,6 +12,7 @@ and/or its fields as keywords (`model.inpaint(image, mask, steps=12)`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "emoji-demo"
+# `MaskGIT.from_pretrained(..., quantize=...)`: int8 = dynamic int8 linear layers (CPU only)
+QUANTIZE_MODES = ("int8",)
 MASKED_PIXEL_VALUE = 255  # canvas colour of unknown pixels (outpaint, generate, previews)
 # The model fills a square window whose side is CROP_CONTEXT times the hole's bounding-box
 # side (so a hole keeps at least its own size of context on every side), at least the model's
@@ -192,17 +195,26 @@ class MaskGIT:
                 f"a {tokenizer.cfg.token_grid}x{tokenizer.cfg.token_grid} grid"
             )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.quantize: str | None = None  # "int8" after from_pretrained(..., quantize="int8")
         self.tokenizer = tokenizer.to(self.device).eval()
         self.transformer = transformer.to(self.device).eval()
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path | None = None, device: str | torch.device | None = None
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        *,
+        quantize: str | None = None,
     ) -> MaskGIT:
         """Load a model folder holding tokenizer.safetensors and transformer.safetensors.
 
         With no path: the embedded default model shipped in the package (emoji, 64x64).
+        `quantize="int8"`: the transformer's linear layers run in int8 (`quantize_int8`;
+        CPU only: the device defaults to the CPU then, and a CUDA device is an error).
         """
+        if quantize is not None:
+            device = check_quantize(quantize, device)
         folder = Path(path) if path is not None else DEFAULT_MODEL_DIR
         if not folder.is_dir():
             raise CheckpointError(
@@ -213,9 +225,13 @@ class MaskGIT:
         transformer = load_model(folder / "transformer.safetensors", "transformer")
         check_pair(folder / "tokenizer.safetensors", folder / "transformer.safetensors")
         try:
-            return cls(tokenizer, transformer, device)
+            model = cls(tokenizer, transformer, device)
         except CheckpointError as exc:  # the two files do not belong together: name the folder
             raise CheckpointError(f"{folder}: {exc}") from exc
+        if quantize is not None:
+            model.transformer = quantize_int8(model.transformer)
+        model.quantize = quantize
+        return model
 
     @property
     def image_size(self) -> int:
@@ -578,6 +594,42 @@ def outpaint_canvas(image: torch.Tensor, placement: Placement) -> tuple[torch.Te
     mask = torch.ones(placement.height, placement.width, dtype=torch.bool)
     mask[rows, cols] = False
     return canvas, mask
+
+
+def check_quantize(quantize: str, device: str | torch.device | None) -> torch.device:
+    """The device for a model loaded with `quantize`: ValueError for an unknown mode (naming
+    the valid ones) or a device int8 kernels do not run on; no device given = the CPU."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"quantize={quantize!r}: expected one of {', '.join(QUANTIZE_MODES)} "
+            "(or none for float32)"
+        )
+    resolved = torch.device(device if device is not None else "cpu")
+    if resolved.type != "cpu":
+        raise ValueError(
+            f"quantize={quantize!r} runs on the CPU only (torch's dynamic int8 kernels); "
+            f"got device {resolved}: use device cpu, or no quantize on {resolved.type}"
+        )
+    return resolved
+
+
+def quantize_int8(transformer: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `transformer` whose nn.Linear layers are dynamically quantised to int8
+    (weights int8 per tensor, activations quantised per batch at run time; CPU only).
+
+    The embeddings, layer norms, attention and the weight-tied output product stay float32.
+    torch.ao.quantization.quantize_dynamic and the quantised tensors it makes are deprecated
+    in favour of torchao (torch warns so when it runs; still working in torch 2.13): the
+    warnings are not shown.
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
+        return quantize_dynamic(
+            transformer, {torch.nn.Linear}, dtype=torch.qint8, inplace=False
+        ).eval()
 
 
 def check_run_options(
