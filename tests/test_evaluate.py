@@ -16,13 +16,14 @@ from maskgit.cli import main
 from maskgit.config import get_preset
 from maskgit.evaluate import (
     CEILING,
+    _sweep_settings,
     inpaint_set,
-    lab_sweet_spots,
     load_test_set,
     markdown_table,
     mean_rows,
     plot_sweep,
     reference_fill,
+    sweet_spots_from_one_decode,
 )
 from maskgit.fid import InceptionWeightsError, find_inception_weights
 from maskgit.options import DecodingOptions
@@ -242,20 +243,28 @@ def test_no_paste_scores_the_decoder_output_everywhere(setup):
     assert torch.equal(pasted[hole], raw[hole])
 
 
+@pytest.mark.parametrize("rule", ["lab", "paper", "halton"])
 @pytest.mark.parametrize("paste", [True, False])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_lab_sweet_spots_from_one_decode_equal_separate_runs(setup, paste, temperature):
+def test_sweet_spots_from_one_decode_equal_separate_runs(setup, rule, paste, temperature):
     model = MaskGIT.from_pretrained(setup["model"], device="cpu")
     test = load_test_set(setup["images"], setup["masks"], None, SIZE)
-    options = DecodingOptions(rule="lab", schedule="linear", steps=5, temperature=temperature)
-    shared = lab_sweet_spots(model, test, options, [1, 3, 5], batch_size=4, paste=paste)
+    options = DecodingOptions(rule=rule, schedule="linear", steps=5, temperature=temperature)
+    shared = sweet_spots_from_one_decode(model, test, options, [1, 3, 5], batch_size=4, paste=paste)
     for spot, (results, _) in shared.items():
         alone, _ = inpaint_set(model, test, options.replace(sweet_spot=spot), paste=paste)
         assert torch.equal(results, alone), spot
     if temperature > 0:  # sampled anew each step: the spots differ, so the check is real
         assert not torch.equal(shared[1][0], shared[5][0])
-    with pytest.raises(ValueError, match="lab rule"):
-        lab_sweet_spots(model, test, options.replace(rule="paper"), [1, 2])
+
+
+def test_sweep_settings_sweet_spots_at_and_no_duplicates():
+    settings = _sweep_settings(
+        DecodingOptions(), ["lab"], ["linear"], [2, 4, 8], [None, 2, -4, 4], [8], [0]
+    )
+    runs = [(c.steps, c.steps_to_run) for c in settings]
+    # sweet spots only at T=8; S=4 and T-4 are one setting, S=T=2 and 4 are the plain runs
+    assert runs == [(2, 2), (4, 4), (8, 8), (8, 2), (8, 4)]
 
 
 @needs_inception

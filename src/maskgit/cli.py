@@ -376,6 +376,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         schedules=args.schedules,
         steps=args.steps,
         sweet_spots=[None, *args.sweet_spots],
+        sweet_spots_at=args.sweet_spots_at,
         seeds=args.seeds,
         rules=args.rules,
         baselines=tuple(args.baselines),
@@ -608,7 +609,15 @@ def args_sweep(p: argparse.ArgumentParser) -> None:
         nargs="*",
         type=int,
         default=[],
-        help="also stop early after S steps (S <= steps; S < 0 counts from steps: -2 = T-2)",
+        help="also stop early after S steps (S <= steps; S < 0 counts from steps: -2 = T-2); "
+        "the sweet spots of one T share one decode",
+    )
+    p.add_argument(
+        "--sweet-spots-at",
+        nargs="+",
+        type=int,
+        metavar="T",
+        help="sweep the sweet spots at these steps only (default: at every T of --steps)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--rules", nargs="+", default=["paper"], help="decoding rules: paper lab halton")

@@ -9,6 +9,7 @@ small-N FID is biased upwards and only comparable at equal N).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -162,7 +163,7 @@ def inpaint_set(
     return torch.stack(outputs), elapsed / len(test.images)
 
 
-def lab_sweet_spots(
+def sweet_spots_from_one_decode(
     model: MaskGIT,
     test: TestSet,
     options: DecodingOptions,
@@ -170,16 +171,14 @@ def lab_sweet_spots(
     batch_size: int = 64,
     paste: bool = True,
 ) -> dict[int, tuple[torch.Tensor, float]]:
-    """The lab rule's results for several sweet spots S of one T, from one decode.
+    """The results for several sweet spots S of one T, from one decode (any rule).
 
-    Under the lab rule nothing before step S depends on S, and stopping after S steps
-    decodes that step's prediction: so the run to max(spots) holds every shorter run. Returns
-    {S: (uint8 results (N, 3, S, S), seconds per image)}, equal to `inpaint_set` with
-    sweet_spot=S for model-size images; the seconds are the shared decode's, scaled by
-    S / max(spots) (an estimate: the steps dominate the time).
+    Before step S-1 no rule depends on S, and the run that stops after S steps outputs that
+    step's prediction (`DecodeStep.sampled`), with the same random draws: so the run to
+    max(spots) holds every shorter run. Returns {S: (uint8 results (N, 3, S, S), seconds per
+    image)}, equal to `inpaint_set` with sweet_spot=S for model-size images; the seconds are
+    the shared decode's, scaled by S / max(spots) (an estimate: the steps dominate the time).
     """
-    if options.rule != "lab":
-        raise ValueError(f"rule={options.rule!r}: sharing one decode needs the lab rule")
     longest = max(spots)
     outputs: dict[int, list[torch.Tensor]] = {s: [] for s in spots}
     started = time.perf_counter()
@@ -192,7 +191,7 @@ def lab_sweet_spots(
             if record.step + 1 in wanted:
                 predictions[record.step + 1] = record.sampled  # (B, N)
 
-        model.decode_batch(
+        final, _, _ = model.decode_batch(
             images,
             masks,
             options.replace(sweet_spot=longest),
@@ -200,7 +199,10 @@ def lab_sweet_spots(
             on_step=keep,
         )
         for spot in spots:
-            decoded = model.images_from_tokens(predictions[spot])  # (B, 3, S, S)
+            # No step runs when nothing is unknown: every spot is then the final image.
+            decoded = (
+                model.images_from_tokens(predictions[spot]) if spot in predictions else final
+            )  # (B, 3, S, S)
             outputs[spot].append(paste_known(images, decoded, masks) if paste else decoded)
     elapsed = (time.perf_counter() - started) / len(test.images)
     return {s: (torch.cat(outputs[s]), elapsed * s / longest) for s in spots}
@@ -269,6 +271,7 @@ def sweep(
     schedules: Sequence[str],
     steps: Sequence[int],
     sweet_spots: Sequence[int | None] = (None,),
+    sweet_spots_at: Sequence[int] | None = None,
     seeds: Sequence[int] = (0,),
     rules: Sequence[str] | None = None,
     baselines: tuple[str, ...] = (),
@@ -279,30 +282,26 @@ def sweep(
     """Rules x schedules x steps x sweet spots x seeds -> sweep.csv/json, plots, table.md.
 
     A sweet spot S < 0 counts from the steps (-2 = T-2); one that does not fit a T (S > T
-    or T + S < 1) is skipped for that T. `rules` default to the rule of `options`. The other
+    or T + S < 1) is skipped for that T, one equal to T is the plain run; `sweet_spots_at` limits the sweet
+    spots to those T (default: every T). `rules` default to the rule of `options`. The other
     decoding options come from `options` (default DEFAULT_DECODING); every setting is
-    validated before the first image is decoded. Under the lab rule the sweet spots of one
-    T share one decode (`lab_sweet_spots`), so sweeping S costs about one run of T.
+    validated before the first image is decoded. The sweet spots of one T share one decode
+    (`sweet_spots_from_one_decode`), so sweeping S costs about one run of T.
     """
     base = resolve(options)
     out = Path(out)
-    configs = [
-        base.replace(rule=rule, schedule=sc, steps=t, sweet_spot=s, seed=seed)
-        for rule in (rules or (base.rule,))
-        for sc in schedules
-        for t in steps
-        for s in sweet_spots
-        for seed in seeds
-        if s is None or (s <= t if s > 0 else t + s >= 1)
-    ]
+    configs = _sweep_settings(
+        base, rules or (base.rule,), schedules, steps, sweet_spots, sweet_spots_at, seeds
+    )
     scorer = Scorer(test, InceptionFeatures(inception_weights, resize=resize, progress=False))
-    shared = _shared_lab_runs(configs)
+    shared = _shared_runs(configs)
     rows = []
     for config in tqdm(configs, desc="sweep"):
         key = config.replace(sweet_spot=None)
         if key in shared and config.steps_to_run in shared[key]:
             if not isinstance(shared[key], dict):  # the first of its group: decode once
-                shared[key] = lab_sweet_spots(model, test, key, shared[key], paste=paste)
+                spots = shared[key]
+                shared[key] = sweet_spots_from_one_decode(model, test, key, spots, paste=paste)
             results, seconds = shared[key][config.steps_to_run]
         else:
             results, seconds = inpaint_set(model, test, config, paste=paste)
@@ -318,13 +317,38 @@ def sweep(
     return rows
 
 
-def _shared_lab_runs(configs: list[DecodingOptions]) -> dict:
-    """{lab-rule setting without sweet spot: sorted steps-to-run of its configs}, for the
-    settings swept at more than one sweet spot (these share one decode)."""
+def _sweep_settings(
+    base: DecodingOptions,
+    rules: Sequence[str],
+    schedules: Sequence[str],
+    steps: Sequence[int],
+    sweet_spots: Sequence[int | None],
+    sweet_spots_at: Sequence[int] | None,
+    seeds: Sequence[int],
+) -> list[DecodingOptions]:
+    """The settings of a sweep, in order, each once (a sweet spot S = T is the plain run)."""
+
+    def fits(s: int | None, t: int) -> bool:
+        if s is None:
+            return True
+        if sweet_spots_at is not None and t not in sweet_spots_at:
+            return False
+        return s <= t if s > 0 else t + s >= 1
+
+    settings = {}
+    for rule, sc, t, s, seed in itertools.product(rules, schedules, steps, sweet_spots, seeds):
+        if fits(s, t):
+            config = base.replace(rule=rule, schedule=sc, steps=t, sweet_spot=s, seed=seed)
+            settings.setdefault(config.replace(sweet_spot=config.steps_to_run), config)
+    return list(settings.values())
+
+
+def _shared_runs(configs: list[DecodingOptions]) -> dict:
+    """{setting without sweet spot: sorted steps-to-run of its configs}, for the settings
+    swept at more than one sweet spot (these share one decode)."""
     groups: dict[DecodingOptions, set[int]] = {}
     for config in configs:
-        if config.rule == "lab":
-            groups.setdefault(config.replace(sweet_spot=None), set()).add(config.steps_to_run)
+        groups.setdefault(config.replace(sweet_spot=None), set()).add(config.steps_to_run)
     return {key: sorted(spots) for key, spots in groups.items() if len(spots) > 1}
 
 
