@@ -15,13 +15,18 @@ PIP_VERSION := 26.3
 
 .PHONY: install demo test lint browser inception lock lock-peers bench-peers versions clean
 
+# $(call venv_from_lock,VENV,LOCK): create VENV if needed and install LOCK into it, exactly
+define venv_from_lock
+	test -x $(1)/bin/python || python3 -m venv $(1)
+	$(1)/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11) and "$(2) is for Python >= 3.11; use python3.11 -m venv $(1)")'
+	$(1)/bin/python -m pip install -q pip==$(PIP_VERSION)
+	$(1)/bin/python -m pip install -q torch==2.13.0
+	$(1)/bin/python -m pip install -q --require-hashes --no-deps -r $(2)
+	$(1)/bin/python -m pip install -q --no-deps -e .
+endef
+
 $(STAMP): pyproject.toml requirements/lock.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "requirements/lock.txt is for Python >= 3.11; use python3.11 -m venv $(VENV)")'
-	$(PY) -m pip install -q pip==$(PIP_VERSION)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/lock.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(call venv_from_lock,$(VENV),requirements/lock.txt)
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -52,13 +57,9 @@ PEERS_PY := $(PEERS_VENV)/bin/python
 PEERS_STAMP := $(PEERS_VENV)/.installed
 BENCH_ARGS ?=
 
+# no `pip check` here: muse-maskgit-pytorch requires torchvision, left out on purpose
 $(PEERS_STAMP): pyproject.toml requirements/peers.txt
-	test -x $(PEERS_PY) || python3 -m venv $(PEERS_VENV)
-	$(PEERS_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "requirements/peers.txt is for Python >= 3.11; use python3.11 -m venv $(PEERS_VENV)")'
-	$(PEERS_PY) -m pip install -q pip==$(PIP_VERSION)
-	$(PEERS_PY) -m pip install -q torch==2.13.0
-	$(PEERS_PY) -m pip install -q --require-hashes --no-deps -r requirements/peers.txt
-	$(PEERS_PY) -m pip install -q --no-deps -e .
+	$(call venv_from_lock,$(PEERS_VENV),requirements/peers.txt)
 	touch $(PEERS_STAMP)
 
 bench-peers: $(PEERS_STAMP)
@@ -66,7 +67,7 @@ bench-peers: $(PEERS_STAMP)
 
 lock-peers:
 	test -x $(PY) || python3 -m venv $(VENV)
-	PYTHON=$(abspath $(PY)) bash scripts/lock_peers.sh
+	PYTHON=$(abspath $(PY)) bash scripts/lock.sh peers
 
 versions: install
 	$(PY) -m pip list --format=freeze

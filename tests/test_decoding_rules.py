@@ -183,3 +183,30 @@ def test_sweet_spot_relative_to_steps():
             DecodingOptions(steps=10, sweet_spot=bad)
     with pytest.raises(ValueError, match="rule"):
         DecodingOptions(rule="nope")
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("schedule", ["lab-cosine", "cosine", "linear", "square"])
+def test_lab_onset_benchmark_agrees_with_the_decoder(schedule):
+    onset = _load_benchmark("lab_decision_onset")
+    tokens, unknown = _problem(5)
+    steps = 12
+    options = DecodingOptions(rule="lab", schedule=schedule, steps=steps, temperature=0.0)
+    _, records = decode(tokens, unknown, LinearLogits(), MASK, options, record_steps=True)
+    firsts = []
+    for i in range(len(tokens)):
+        start = int(unknown[i].sum())
+        first = next((r.step for r in records if int(r.unknown[i].sum()) < start), steps)
+        assert first == onset.first_deciding_step(start, schedule, steps, N), (i, start)
+        firsts.append(first)
+    assert len(set(firsts)) > 1  # holes of other sizes start deciding at other steps

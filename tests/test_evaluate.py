@@ -11,9 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit.checkpoint import save_model
 from maskgit.cli import main
-from maskgit.config import get_preset
 from maskgit.evaluate import (
     CEILING,
     _sweep_settings,
@@ -28,8 +26,7 @@ from maskgit.evaluate import (
 from maskgit.fid import InceptionWeightsError, find_inception_weights
 from maskgit.options import DecodingOptions
 from maskgit.pipeline import MaskGIT
-from maskgit.tokenizer.model import VQGAN
-from maskgit.transformer import BidirectionalTransformer
+from tiny_model import write_tiny_model
 
 torch.set_num_threads(1)
 SIZE = 16
@@ -51,12 +48,7 @@ needs_inception = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval")
-    preset = get_preset("tiny")
-    torch.manual_seed(0)
-    save_model(VQGAN(preset.tokenizer), root / "model" / "tokenizer.safetensors")
-    save_model(
-        BidirectionalTransformer(preset.transformer), root / "model" / "transformer.safetensors"
-    )
+    write_tiny_model(root / "model")
     rng = np.random.default_rng(0)
     for folder in ("images", "masks"):
         (root / folder).mkdir()

@@ -25,8 +25,8 @@ from maskgit.config import get_preset
 from maskgit.data import DataError, load_image, save_tokens
 from maskgit.fileio import atomic_write
 from maskgit.reader import MAX_IMAGE_PIXELS
-from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
+from tiny_model import write_tiny_model
 
 torch.set_num_threads(1)
 
@@ -86,15 +86,6 @@ def write_mask(path: Path, size: int = SIZE) -> Path:
     return path
 
 
-def model_folder(folder: Path, tokenizer_cfg=None, transformer_cfg=None) -> Path:
-    preset = get_preset("tiny")
-    torch.manual_seed(0)
-    save_model(VQGAN(tokenizer_cfg or preset.tokenizer), folder / "tokenizer.safetensors")
-    transformer = BidirectionalTransformer(transformer_cfg or preset.transformer)
-    save_model(transformer, folder / "transformer.safetensors")
-    return folder
-
-
 def token_folder(folder: Path, count: int = 16, codebook: int = 16) -> Path:
     tokens = torch.randint(0, codebook, (count, 4, 4), generator=torch.Generator().manual_seed(0))
     names = [f"img{i}.png" for i in range(count)]
@@ -116,7 +107,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     Image.new("1", (10_000, 10_000)).save(bomb)  # 100 MP, ~12 kB on disk
     return {
         "root": root,
-        "model": model_folder(root / "model"),
+        "model": write_tiny_model(root / "model"),
         "good": good.parent,
         "many": root / "many",
         "masks": root / "masks",
@@ -253,7 +244,7 @@ def test_model_folder_of_two_presets(field, files, tmp_path, capsys):
     """A transformer built for another codebook / grid than its tokenizer."""
     other = get_preset("tiny").transformer
     setattr(other, field, 32 if field == "codebook_size" else 64)
-    folder = model_folder(tmp_path / "mixed", transformer_cfg=other)
+    folder = write_tiny_model(tmp_path / "mixed", transformer_cfg=other)
     result = inpaint(capsys, files, files["good"], tmp_path / "out", model=folder)
     assert_error(result, 2, folder, "tokenizer")
     assert_nothing_written(tmp_path / "out")

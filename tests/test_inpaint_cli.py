@@ -10,12 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit.checkpoint import save_model
 from maskgit.cli import main
-from maskgit.config import get_preset
 from maskgit.inpaint_files import pair_inputs
-from maskgit.tokenizer.model import VQGAN
-from maskgit.transformer import BidirectionalTransformer
 from maskgit.visualize import (
     KNOWN_COLOUR,
     UNKNOWN_COLOUR,
@@ -25,6 +21,7 @@ from maskgit.visualize import (
     step_strip,
     token_mask_grid,
 )
+from tiny_model import write_tiny_model
 
 torch.set_num_threads(1)
 
@@ -36,12 +33,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A model folder as `--model` expects it: tiny random tokenizer + transformer."""
-    folder = tmp_path_factory.mktemp("model")
-    preset = get_preset("tiny")
-    torch.manual_seed(0)
-    save_model(VQGAN(preset.tokenizer), folder / "tokenizer.safetensors")
-    save_model(BidirectionalTransformer(preset.transformer), folder / "transformer.safetensors")
-    return folder
+    return write_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def hole(size: int = SIZE) -> np.ndarray:

@@ -10,12 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit.checkpoint import save_model
 from maskgit.cli import build_parser, main
-from maskgit.config import get_preset
 from maskgit.pipeline import MaskGIT, check_quantize
-from maskgit.tokenizer.model import VQGAN
-from maskgit.transformer import BidirectionalTransformer
+from tiny_model import write_tiny_model
 
 torch.set_num_threads(1)
 
@@ -24,16 +21,8 @@ SIZE = 16  # tiny preset: 16x16 images, 4x4 tokens
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    preset = get_preset("tiny")
-    torch.manual_seed(0)
-    save_model(VQGAN(preset.tokenizer), folder / "tokenizer.safetensors")
-    transformer = BidirectionalTransformer(preset.transformer)
-    with torch.no_grad():  # weights of a trained model's scale, not the init's 0.02
-        for p in transformer.parameters():
-            p.normal_(0, 0.2)
-    save_model(transformer, folder / "transformer.safetensors")
-    return folder
+    # weights of a trained model's scale, not the init's 0.02
+    return write_tiny_model(tmp_path_factory.mktemp("model"), weight_std=0.2)
 
 
 def linear_kinds(module: torch.nn.Module) -> set[str]:

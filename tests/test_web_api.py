@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import threading
@@ -19,49 +18,20 @@ import torch
 from PIL import Image
 
 from extras import require_extra
+from tiny_model import write_tiny_model
+from web_server import running_server
 
 require_extra("fastapi", module_level=True)
 require_extra("multipart", module_level=True)
 uvicorn = require_extra("uvicorn", module_level=True)
 
 from maskgit.app import EMPTY_MASK_MESSAGE, LOADING_MESSAGE, create_app  # noqa: E402
-from maskgit.checkpoint import save_model  # noqa: E402
-from maskgit.config import get_preset  # noqa: E402
-from maskgit.tokenizer.model import VQGAN  # noqa: E402
-from maskgit.transformer import BidirectionalTransformer  # noqa: E402
 
 torch.set_num_threads(1)
 SIZE = 16  # the tiny preset's image size
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_tiny_model_dir(folder: Path) -> Path:
-    preset = get_preset("tiny")
-    torch.manual_seed(0)
-    save_model(VQGAN(preset.tokenizer), folder / "tokenizer.safetensors")
-    save_model(BidirectionalTransformer(preset.transformer), folder / "transformer.safetensors")
-    return folder
-
-
-@contextlib.contextmanager
-def running_server(app):
-    """Serve `app` with uvicorn on 127.0.0.1 and a free port in a thread; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None):
@@ -141,7 +111,7 @@ def wait_ready(base: str, timeout: float = 60) -> dict:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="module")

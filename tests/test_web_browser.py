@@ -13,8 +13,6 @@ import contextlib
 import io
 import json
 import os
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,10 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit.checkpoint import save_model
-from maskgit.config import get_preset
-from maskgit.tokenizer.model import VQGAN
-from maskgit.transformer import BidirectionalTransformer
+from tiny_model import write_tiny_model
+from web_server import running_server
 
 torch.set_num_threads(1)
 
@@ -68,28 +64,6 @@ def _require_browser():
     return sync_playwright, expect
 
 
-@contextlib.contextmanager
-def running_server(app):
-    """uvicorn on 127.0.0.1 and a free port, in a thread; yields the base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
 def decode_data_url(url: str) -> np.ndarray:
     assert url and url.startswith("data:image/png;base64,"), (url or "")[:40]
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
@@ -118,11 +92,8 @@ def test_inpaint_in_a_real_browser(tmp_path):
     sync_playwright, expect = _require_browser()
     from maskgit.app import create_app
 
-    preset = get_preset("tiny")
-    torch.manual_seed(0)
     model_dir = tmp_path / "model"
-    save_model(VQGAN(preset.tokenizer), model_dir / "tokenizer.safetensors")
-    save_model(BidirectionalTransformer(preset.transformer), model_dir / "transformer.safetensors")
+    write_tiny_model(model_dir)
 
     # a colourful 48x48 picture (the model works at 16x16): it comes back 48x48
     y, x = np.mgrid[0:48, 0:48]

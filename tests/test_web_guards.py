@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from extras import require_extra
+from tiny_model import write_tiny_model
 
 uvicorn = require_extra("uvicorn", module_level=True)
 
@@ -31,7 +32,6 @@ from maskgit.app import ApiError, create_app, read_upload  # noqa: E402
 from test_web_api import (  # noqa: E402
     centre_mask,
     make_image,
-    make_tiny_model_dir,
     png,
     request,
     running_server,
@@ -45,7 +45,7 @@ SRC = Path(__file__).parents[1] / "src"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="module")

@@ -537,13 +537,17 @@ def args_fid(p: argparse.ArgumentParser) -> None:
     p.add_argument("real", help="folder of reference images")
     p.add_argument("fake", help="folder of generated / inpainted images")
     p.add_argument("--batch-size", type=int, default=50)
+    _add_inception_options(p)
+    p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+
+
+def _add_inception_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--inception",
         default=None,
         help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
     )
-    p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
-    p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument(
         "--resize",
         default="tf",
@@ -571,18 +575,7 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
         "(the true tokens decoded into the hole: the best any transformer could do with "
         "this tokenizer)",
     )
-    p.add_argument(
-        "--inception",
-        default=None,
-        help="Inception weights file (default: $MASKGIT_INCEPTION or the cache)",
-    )
-    p.add_argument(
-        "--resize",
-        default="tf",
-        choices=["tf", "torch"],
-        help="resize to 299 for Inception: tf (TF1 bilinear, the reference FID) or torch "
-        "(F.interpolate bilinear, as pytorch-fid and the course lab: FIDs differ)",
-    )
+    _add_inception_options(p)
     p.add_argument(
         "--no-paste",
         action="store_true",

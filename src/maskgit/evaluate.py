@@ -242,13 +242,19 @@ def evaluate(
     row = {"method": "maskgit", **options.as_dict(), "paste": paste, "resize": resize}
     rows.append({**row, **scorer.score(results), "s_per_image": seconds})
     for name in tqdm(baselines, desc="baselines", leave=False, disable=not baselines):
-        started = time.perf_counter()
-        filled = reference_fill(name, model, test)
-        seconds = (time.perf_counter() - started) / len(test.images)
+        filled, row = _baseline(name, model, test, scorer)
         write_images(out / name, test.names, filled)
-        rows.append({"method": name, **scorer.score(filled), "s_per_image": seconds})
+        rows.append(row)
     write_rows(out / "results", rows)
     return rows
+
+
+def _baseline(name: str, model: MaskGIT, test: TestSet, scorer: Scorer):
+    """-> (the baseline's uint8 results (N, 3, S, S), its scored and timed row)."""
+    started = time.perf_counter()
+    filled = reference_fill(name, model, test)
+    seconds = (time.perf_counter() - started) / len(test.images)
+    return filled, {"method": name, **scorer.score(filled), "s_per_image": seconds}
 
 
 def write_rows(stem: Path, rows: list[dict]) -> None:
@@ -309,8 +315,7 @@ def sweep(
         row.update(paste=paste, resize=resize)
         rows.append({**row, **scorer.score(results), "s_per_image": seconds})
         write_rows(out / "sweep", rows)  # keep what is done if interrupted
-    for name in baselines:
-        rows.append({"method": name, **scorer.score(reference_fill(name, model, test))})
+    rows += [_baseline(name, model, test, scorer)[1] for name in baselines]
     write_rows(out / "sweep", rows)
     plot_sweep(rows, out)
     (out / "table.md").write_text(markdown_table(rows))
@@ -380,9 +385,9 @@ def mean_rows(rows: list[dict]) -> list[dict]:
 
 
 def plot_sweep(rows: list[dict], out: Path) -> None:
-    """fid_vs_steps.png and time_vs_steps.png (one line per schedule and rule, full runs
-    S = T, means over seeds; baselines dashed) and, when some setting was also stopped
-    early, fid_vs_sweet_spot.png (FID against S, one line per rule, schedule and T)."""
+    """fid_vs_steps.png and time_vs_steps.png (full runs S = T against T, means over seeds;
+    baselines dashed) and, when some setting was also stopped early, fid_vs_sweet_spot.png
+    (FID against S). One panel per rule, one colour per schedule in every plot."""
     out.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
@@ -391,70 +396,51 @@ def plot_sweep(rows: list[dict], out: Path) -> None:
 
     means = [row for row in mean_rows(rows) if row["method"] == "maskgit"]
     rules = list(dict.fromkeys(row["rule"] for row in means))
+    colours = {s: f"C{i}" for i, s in enumerate(dict.fromkeys(r["schedule"] for r in means))}
 
-    def label(rule: str, schedule: str) -> str:
-        return schedule if len(rules) == 1 else f"{schedule}, {rule} rule"
+    def panels(curves: dict[tuple, list], xlabel: str, ylabel: str, name: str, baselines=()):
+        """curves: {(rule, schedule, label): [(x, y), ...]} -> one panel per rule."""
+        fig, axes = plt.subplots(
+            1, len(rules), figsize=(1.5 + 3.6 * len(rules), 4), sharey=True, squeeze=False
+        )
+        for ax, rule in zip(axes[0], rules, strict=True):
+            for (line_rule, schedule, label), points in curves.items():
+                if line_rule == rule and points:
+                    xs, ys = zip(*sorted(points), strict=True)
+                    ax.plot(xs, ys, marker="o", color=colours[schedule], label=label)
+            for row in baselines:
+                ax.axhline(row["fid"], linestyle="--", linewidth=1, color="grey")
+                ax.annotate(row["method"], (ax.get_xlim()[0], row["fid"]), fontsize=7)
+            ax.set_title(f"{rule} rule", fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel(ylabel)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
 
-    styles = {"paper": "-", "lab": "--", "halton": ":"}
+    full = [row for row in means if row["steps"] == row["sweet_spot"]]
+    baselines = [row for row in rows if row["method"] != "maskgit"]
     for key, ylabel, name in (
         ("fid", "FID (lower is better)", "fid_vs_steps.png"),
         ("s_per_image", "seconds per image", "time_vs_steps.png"),
     ):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        lines = dict.fromkeys((row["rule"], row["schedule"]) for row in means)
-        colours: dict[str, str] = {}
-        for rule, schedule in lines:
-            points = sorted(
-                (row["steps"], row[key])
-                for row in means
-                if (row["rule"], row["schedule"]) == (rule, schedule)
-                and row["steps"] == row["sweet_spot"]
-                and key in row
-            )
-            if not points:
-                continue
-            colour = colours.setdefault(schedule, f"C{len(colours)}")
-            ax.plot(
-                *zip(*points, strict=True),
-                marker="o",
-                linestyle=styles.get(rule, "-"),
-                color=colour,
-                label=label(rule, schedule),
-            )
-        if key == "fid":
-            for row in rows:
-                if row["method"] != "maskgit":
-                    ax.axhline(row["fid"], linestyle="--", linewidth=1, color="grey")
-                    ax.annotate(row["method"], (ax.get_xlim()[0], row["fid"]), fontsize=7)
-        ax.set_xlabel("decoding steps T")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-    curves: dict[tuple, list[tuple[int, float]]] = {}
+        curves: dict[tuple, list] = {}
+        for row in full:
+            if key in row:
+                line = (row["rule"], row["schedule"], row["schedule"])
+                curves.setdefault(line, []).append((row["steps"], row[key]))
+        panels(curves, "decoding steps T", ylabel, name, baselines if key == "fid" else ())
+    spots: dict[tuple, list] = {}
     for row in means:
-        curves.setdefault((row["rule"], row["schedule"], row["steps"]), []).append(
-            (row["sweet_spot"], row["fid"])
+        line = (row["rule"], row["schedule"], f"{row['schedule']}, T={row['steps']}")
+        spots.setdefault(line, []).append((row["sweet_spot"], row["fid"]))
+    spots = {line: points for line, points in spots.items() if len(points) > 1}
+    if spots:
+        panels(
+            spots, "sweet spot S (steps run of T)", "FID (lower is better)", "fid_vs_sweet_spot.png"
         )
-    curves = {k: sorted(v) for k, v in curves.items() if len(v) > 1}
-    if curves:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for (rule, schedule, steps), points in curves.items():
-            ax.plot(
-                *zip(*points, strict=True),
-                marker="o",
-                linestyle=styles.get(rule, "-"),
-                label=f"{label(rule, schedule)}, T={steps}",
-            )
-        ax.set_xlabel("sweet spot S (steps run of T)")
-        ax.set_ylabel("FID (lower is better)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "fid_vs_sweet_spot.png", dpi=120)
-        plt.close(fig)
 
 
 def markdown_table(rows: list[dict]) -> str:

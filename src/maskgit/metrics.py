@@ -197,12 +197,10 @@ def kid_from_features(
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_masked(
-    result: np.ndarray | torch.Tensor,
-    target: np.ndarray | torch.Tensor,
-    mask: np.ndarray | torch.Tensor,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> result, target (N, C, H, W) float64 and mask (N, H, W) bool."""
+def _image_batches(
+    result: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> result, target as float64 arrays (N, C, H, W) of equal shape, or ValueError."""
     x, y = _as_numpy(result), _as_numpy(target)
     if x.shape != y.shape:
         raise ValueError(f"result and target shapes differ: {x.shape} vs {y.shape}")
@@ -210,6 +208,16 @@ def _prepare_masked(
         x, y = x[None], y[None]
     if x.ndim != 4:
         raise ValueError(f"images must be (C, H, W) or (N, C, H, W), got shape {x.shape}")
+    return x, y
+
+
+def _prepare_masked(
+    result: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> result, target (N, C, H, W) float64 and mask (N, H, W) bool."""
+    x, y = _image_batches(result, target)
     n, _, h, w = x.shape
     mk = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     if mk.dtype != np.bool_:
@@ -284,13 +292,7 @@ def ssim_map(result, target, data_range: float = 1.0) -> np.ndarray:
     full=True)` returns, without its border crop.
     result, target: (C, H, W) or (N, C, H, W).
     """
-    x, y = _as_numpy(result), _as_numpy(target)
-    if x.shape != y.shape:
-        raise ValueError(f"result and target shapes differ: {x.shape} vs {y.shape}")
-    if x.ndim == 3:
-        x, y = x[None], y[None]
-    if x.ndim != 4:
-        raise ValueError(f"images must be (C, H, W) or (N, C, H, W), got shape {x.shape}")
+    x, y = _image_batches(result, target)
 
     def blur(a: np.ndarray) -> np.ndarray:
         return scipy.ndimage.gaussian_filter(
