@@ -5,10 +5,10 @@ name. Used for docs/img/inpaint-compare.png:
 
     python scripts/compare_picture.py --images data/emoji-google/test/images \\
         --masks data/emoji-google/test/masks --count 10 --out docs/img/inpaint-compare.png \\
-        --column truth=data/emoji-google/test/images --column Telea=runs/eval2-google/telea \\
-        --column "v2 white prefill=runs/eval2-google/maskgit" \\
-        --column "v2 Telea prefill=runs/eval3-google/maskgit" \\
-        --column ceiling=runs/eval2-google/tokenizer-ceiling
+        --column truth=data/emoji-google/test/images \\
+        --column Telea=runs/v3-leg2/eval-final-google/telea \\
+        --column "white fill=runs/v3-leg2/eval-final-google/white" \\
+        --column "v3.1=runs/v3-leg3/eval-final-google/maskgit"
 """
 
 from __future__ import annotations
