@@ -176,6 +176,9 @@ class TrainingConfig:
     disc_layers: int = 3
     perceptual_weight: float = 0.0
     perceptual_weights: str = ""  # path to a user-supplied TorchScript feature network
+    # train the decoder side only (post-quant projection + decoder): the encoder, its projection
+    # and the codebook stay frozen, so the tokens, and a transformer trained on them, stay valid
+    decoder_only: bool = False
 
     def validate(self) -> None:
         _positive(self, "epochs", "batch_size", "grad_accum", "save_every")

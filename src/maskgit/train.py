@@ -113,6 +113,8 @@ class TokenizerTask:
 
     def __init__(self, tokenizer: VQGAN, cfg: TrainingConfig):
         self.cfg = cfg
+        if cfg.decoder_only:
+            tokenizer.tokenizing_part().requires_grad_(False)
         disc = Discriminator(tokenizer.cfg.in_channels, cfg.disc_channels, cfg.disc_layers)
         self.nets = {"tokenizer": tokenizer, "discriminator": disc}
         self.perceptual = PerceptualLoss(cfg.perceptual_weights) if cfg.perceptual_weight else None
@@ -164,6 +166,8 @@ class TokenizerTask:
         }
 
     def after_step(self) -> tuple[dict[str, float], bool]:
+        if self.cfg.decoder_only:  # the codebook is frozen: no dead-code re-seeding
+            return {}, False
         metrics = self.model().after_optimizer_step()  # re-seeds dead codes when configured
         return metrics, metrics.get("reseeded", 0.0) > 0
 

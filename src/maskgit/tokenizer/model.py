@@ -219,7 +219,7 @@ class VectorQuantizer(nn.Module):
         counts = torch.bincount(idx, minlength=self.cfg.codebook_size).float()
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        if self.training:
+        if self.training and self.codebook.weight.requires_grad:  # frozen: never re-seeded
             self._track_usage(counts, z_flat)
         stats = VQOutput(loss, idx.reshape(b, h, w), perplexity, (counts > 0).float().mean())
         return quantized, stats
@@ -277,6 +277,17 @@ class VQGAN(nn.Module):
         if not self._normalise:
             return images
         return (images * self._std + self._mean) * 2 - 1
+
+    def tokenizing_part(self) -> nn.ModuleList:
+        """The modules that decide the tokens (encoder, projection, codebook); the rest
+        (`post_quant_proj`, `decoder`) only turns tokens back into pixels."""
+        return nn.ModuleList([self.encoder, self.quant_proj, self.quantizer])
+
+    def tokenizes_like(self, other: VQGAN) -> bool:
+        """True when `other` has the same config and the same tokenizing weights, so both give
+        the same tokens for every image (e.g. `other` was trained decoder-only from this one)."""
+        mine, theirs = (dict(m.tokenizing_part().named_parameters()) for m in (self, other))
+        return self.cfg == other.cfg and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
     @property
     def last_layer_weight(self) -> torch.Tensor:
