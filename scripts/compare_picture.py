@@ -6,9 +6,9 @@ name. Used for docs/img/inpaint-compare.png:
     python scripts/compare_picture.py --images data/emoji-google/test/images \\
         --masks data/emoji-google/test/masks --count 10 --out docs/img/inpaint-compare.png \\
         --column truth=data/emoji-google/test/images \\
-        --column Telea=runs/v3-leg2/eval-final-google/telea \\
-        --column "white fill=runs/v3-leg2/eval-final-google/white" \\
-        --column "v3.1=runs/v3-leg3/eval-final-google/maskgit"
+        --column Telea=runs/v4-leg4/eval-google/telea \\
+        --column "white fill=runs/v4-leg4/eval-google/white" \\
+        --column "v3.2=runs/v4-leg4/eval-google/maskgit"
 """
 
 from __future__ import annotations
