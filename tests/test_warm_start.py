@@ -25,8 +25,9 @@ def _frozen(preset):
     return preset
 
 
-def test_tokenizer_starts_from_the_given_weights(tmp_path):
-    preset = _frozen(get_preset("tiny"))
+def _train_from_seeded_source(preset, tmp_path):
+    """A seeded tokenizer saved as source.safetensors and a run warm-started from it on 8
+    random images; returns (source, images)."""
     torch.manual_seed(7)
     source = VQGAN(preset.tokenizer)
     save_model(source, tmp_path / "source.safetensors")
@@ -36,6 +37,13 @@ def test_tokenizer_starts_from_the_given_weights(tmp_path):
         preset, images, names, tmp_path / "run", progress=False,
         init_from=tmp_path / "source.safetensors",
     )  # fmt: skip
+    return source, images
+
+
+def test_tokenizer_starts_from_the_given_weights(tmp_path):
+    preset = _frozen(get_preset("tiny"))
+    source, images = _train_from_seeded_source(preset, tmp_path)
+    names = [f"img{i}.png" for i in range(8)]
     trained = load_file(str(tmp_path / "run" / "tokenizer.safetensors"))
     for name, tensor in source.named_parameters():  # (buffers count steps: they move)
         assert torch.equal(trained[name], tensor.detach()), name
@@ -72,15 +80,7 @@ def test_decoder_only_training_keeps_the_tokens_and_moves_the_decoder(tmp_path):
     cfg.epochs, cfg.batch_size, cfg.lr, cfg.disc_start = 2, 4, 1e-2, 0
     cfg.decoder_only = True
     preset.tokenizer.dead_code_steps = 1  # would re-seed codes after every step if not frozen
-    torch.manual_seed(7)
-    source = VQGAN(preset.tokenizer)
-    save_model(source, tmp_path / "source.safetensors")
-    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
-    names = [f"img{i}.png" for i in range(8)]
-    train_tokenizer(
-        preset, images, names, tmp_path / "run", progress=False,
-        init_from=tmp_path / "source.safetensors",
-    )  # fmt: skip
+    source, images = _train_from_seeded_source(preset, tmp_path)
     trained = load_model(tmp_path / "run" / "tokenizer.safetensors")
     assert source.tokenizes_like(trained)
     batch = images.float() / 127.5 - 1
