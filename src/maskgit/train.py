@@ -166,8 +166,6 @@ class TokenizerTask:
         }
 
     def after_step(self) -> tuple[dict[str, float], bool]:
-        if self.cfg.decoder_only:  # the codebook is frozen: no dead-code re-seeding
-            return {}, False
         metrics = self.model().after_optimizer_step()  # re-seeds dead codes when configured
         return metrics, metrics.get("reseeded", 0.0) > 0
 
