@@ -79,10 +79,12 @@ def eval_argv(command: str, setup: dict[str, Path], out: Path) -> list[str]:
 def test_tokenizer_ceiling_decodes_the_true_tokens_into_the_hole(setup):
     model = MaskGIT.from_pretrained(setup["model"], device="cpu")
     test = load_test_set(setup["images"], setup["masks"], None, SIZE)
-    filled = reference_fill(CEILING, model, test)
+    filled = reference_fill(CEILING, model, test, blend="none")
     hole = test.masks[:, None].expand_as(filled)
     assert torch.equal(filled[~hole], test.truth[~hole])
     assert torch.equal(filled[hole], model.reconstruct(test.truth)[hole])
+    seamless = reference_fill(CEILING, model, test)  # the default, as MaskGIT's results are
+    assert torch.equal(seamless[~hole], test.truth[~hole]) and not torch.equal(seamless, filled)
 
 
 def test_evaluate_unknown_baseline_fails_before_inpainting(setup, tmp_path, capsys):
@@ -223,7 +225,7 @@ def test_sweep_plots_fid_per_rule_and_against_the_sweet_spot(tmp_path):
 def test_no_paste_scores_the_decoder_output_everywhere(setup):
     model = MaskGIT.from_pretrained(setup["model"], device="cpu")
     test = load_test_set(setup["images"], setup["masks"], None, SIZE)
-    options = DecodingOptions(steps=2)
+    options = DecodingOptions(steps=2, blend="none")
     pasted, _ = inpaint_set(model, test, options)
     raw, _ = inpaint_set(model, test, options, paste=False)
     decoded, _, _ = model.decode_batch(test.images, test.masks, options)

@@ -40,6 +40,7 @@ def test_frozen_and_valid_on_construction():
         ({"seed": -1}, "seed=-1"),
         ({"seed": 2**62}, "seed="),
         ({"prefill": "blur"}, "prefill='blur': expected one of telea, white"),
+        ({"blend": "poisson"}, "blend='poisson': expected one of seamless, none"),
         ({"steps": 2.5}, "steps=2.5: expected a whole number"),
     ],
 )

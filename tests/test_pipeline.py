@@ -332,7 +332,7 @@ def test_a_model_size_image_gives_the_same_result_as_the_plain_path(model):
     batch = torch.stack([torch.from_numpy(np.array(a)).permute(2, 0, 1) for a in arrays(images)])
     decoded, _, _ = model.decode_batch(batch, torch.stack(masks), options)
     for feather in (0, 2):
-        plain = paste_known(batch, decoded, torch.stack(masks), feather)
+        plain = paste_known(batch, decoded, torch.stack(masks), feather, blend=options.blend)
         result = model.inpaint(images, masks, options, feather=feather)
         assert [w.whole and w.side == SIZE for w in result.windows] == [True, True]
         expected = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in plain]

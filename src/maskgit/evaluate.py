@@ -86,10 +86,13 @@ def load_test_set(
     return TestSet([p.name for p in image_files], stack(imgs), torch.stack(msks), stack(truths))
 
 
-def reference_fill(name: str, model: MaskGIT, test: TestSet) -> torch.Tensor:
-    """A reference row's images: a classical baseline, or the tokenizer ceiling (CEILING)."""
+def reference_fill(
+    name: str, model: MaskGIT, test: TestSet, blend: str = "seamless"
+) -> torch.Tensor:
+    """A reference row's images: a classical baseline, or the tokenizer ceiling (CEILING: the
+    true tokens decoded, pasted with `blend` as MaskGIT's results are)."""
     if name == CEILING:
-        return paste_known(test.images, model.reconstruct(test.truth), test.masks)
+        return paste_known(test.images, model.reconstruct(test.truth), test.masks, blend=blend)
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(REFERENCES)}")
     return classical_fill(name, test.images, test.masks)
@@ -203,7 +206,8 @@ def sweet_spots_from_one_decode(
             decoded = (
                 model.images_from_tokens(predictions[spot]) if spot in predictions else final
             )  # (B, 3, S, S)
-            outputs[spot].append(paste_known(images, decoded, masks) if paste else decoded)
+            pasted = paste_known(images, decoded, masks, blend=options.blend)
+            outputs[spot].append(pasted if paste else decoded)
     elapsed = (time.perf_counter() - started) / len(test.images)
     return {s: (torch.cat(outputs[s]), elapsed * s / longest) for s in spots}
 
@@ -242,17 +246,17 @@ def evaluate(
     row = {"method": "maskgit", **options.as_dict(), "paste": paste, "resize": resize}
     rows.append({**row, **scorer.score(results), "s_per_image": seconds})
     for name in tqdm(baselines, desc="baselines", leave=False, disable=not baselines):
-        filled, row = _baseline(name, model, test, scorer)
+        filled, row = _baseline(name, model, test, scorer, options.blend)
         write_images(out / name, test.names, filled)
         rows.append(row)
     write_rows(out / "results", rows)
     return rows
 
 
-def _baseline(name: str, model: MaskGIT, test: TestSet, scorer: Scorer):
+def _baseline(name: str, model: MaskGIT, test: TestSet, scorer: Scorer, blend: str):
     """-> (the baseline's uint8 results (N, 3, S, S), its scored and timed row)."""
     started = time.perf_counter()
-    filled = reference_fill(name, model, test)
+    filled = reference_fill(name, model, test, blend)
     seconds = (time.perf_counter() - started) / len(test.images)
     return filled, {"method": name, **scorer.score(filled), "s_per_image": seconds}
 
@@ -315,7 +319,7 @@ def sweep(
         row.update(paste=paste, resize=resize)
         rows.append({**row, **scorer.score(results), "s_per_image": seconds})
         write_rows(out / "sweep", rows)  # keep what is done if interrupted
-    rows += [_baseline(name, model, test, scorer)[1] for name in baselines]
+    rows += [_baseline(name, model, test, scorer, base.blend)[1] for name in baselines]
     write_rows(out / "sweep", rows)
     plot_sweep(rows, out)
     (out / "table.md").write_text(markdown_table(rows))

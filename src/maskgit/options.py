@@ -28,6 +28,12 @@ POWER_PATTERN = re.compile(r"^power-(\d+(?:\.\d+)?)$")
 # encoder's receptive field spans several tokens, so the hole's content changes the *known*
 # tokens around it, which the transformer only ever saw computed from whole real images.
 PREFILLS = ("telea", "white")
+# How the decoded hole meets the known pixels around it (which always stay exact):
+#   seamless  the decoder's colour error on the known pixels at the hole's edge is carried into
+#             the hole, fading inwards (a harmonic function: Poisson blending, Perez et al.
+#             2003), so no seam of colour is left where the model's pixels meet the image's
+#   none      the decoder's pixels as they are
+BLENDS = ("seamless", "none")
 # How `decode` chooses which tokens to reveal (maskgit.decoding explains each):
 #   paper   Chang et al. / google-research/maskgit: keep floor(gamma((t+1)/T) U0) masked, the
 #           lowest log p + annealed Gumbel noise; decided tokens stay fixed
@@ -85,6 +91,11 @@ class DecodingOptions:
     prefill: str = _option(
         "telea", "what the tokenizer sees in the hole before encoding: telea or white"
     )
+    blend: str = _option(
+        "seamless",
+        "how the hole meets the known pixels: seamless (the decoder's colour error at the "
+        "hole's edge is carried into the hole) or none",
+    )
     rule: str = _option(
         "paper",
         "which tokens each step reveals: paper (MaskGIT), lab (the course lab's report), "
@@ -124,6 +135,8 @@ class DecodingOptions:
             raise ValueError(f"seed={self.seed}: expected 0 <= seed < 2^62")
         if self.prefill not in PREFILLS:
             raise ValueError(f"prefill={self.prefill!r}: expected one of {', '.join(PREFILLS)}")
+        if self.blend not in BLENDS:
+            raise ValueError(f"blend={self.blend!r}: expected one of {', '.join(BLENDS)}")
         if self.rule not in RULES:
             raise ValueError(f"rule={self.rule!r}: expected one of {', '.join(RULES)}")
         return self

@@ -26,7 +26,7 @@ from PIL import Image
 from maskgit.checkpoint import CheckpointError, check_pair, load_model
 from maskgit.data import to_model_range, to_uint8
 from maskgit.decoding import DecodeStep, StepCallback, decode
-from maskgit.fill import classical_fill
+from maskgit.fill import classical_fill, harmonic_fill
 from maskgit.masking import pixel_to_token_mask
 from maskgit.options import DecodingOptions, resolve
 from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor, resize_image
@@ -144,16 +144,26 @@ def _resize(image: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def paste_window(
-    image: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor, window: Window, feather: int = 0
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    fill: torch.Tensor,
+    window: Window,
+    feather: int = 0,
+    blend: str = "none",
 ) -> torch.Tensor:
     """`image` (uint8 (3, H, W)) with the model's `fill` (uint8 (3, S, S) of `window`)
-    brought back to the window's resolution and pasted into the masked pixels only."""
+    brought back to the window's resolution and pasted into the masked pixels only
+    (`paste_known` within the window)."""
     if window.side != fill.shape[-1]:
         fill = _resize(fill, window.side)
     rows, cols, wrows, wcols = _overlap(window, *image.shape[1:])
     out = image.clone()
     out[:, rows, cols] = paste_known(
-        image[None, :, rows, cols], fill[None, :, wrows, wcols], mask[None, rows, cols], feather
+        image[None, :, rows, cols],
+        fill[None, :, wrows, wcols],
+        mask[None, rows, cols],
+        feather=feather,
+        blend=blend,
     )[0]
     return out
 
@@ -372,7 +382,7 @@ class MaskGIT:
                 on_step=on_step,
             )
             for image, hole, window, fill in zip(full, holes, windows, decoded, strict=True):
-                merged = paste_window(image, hole, fill, window, feather)
+                merged = paste_window(image, hole, fill, window, feather, options.blend)
                 result.images.append(Image.fromarray(merged.permute(1, 2, 0).numpy()))
             result.windows += windows
             result.token_masks += [m.numpy() for m in token_masks]
@@ -649,15 +659,25 @@ def check_run_options(
 
 
 def paste_known(
-    original: torch.Tensor, decoded: torch.Tensor, pixel_masks: torch.Tensor, feather: int = 0
+    original: torch.Tensor,
+    decoded: torch.Tensor,
+    pixel_masks: torch.Tensor,
+    feather: int = 0,
+    blend: str = "none",
 ) -> torch.Tensor:
     """Known pixels from `original`, repainted ones from `decoded` (uint8 (B, 3, H, W)).
 
+    `blend="seamless"` first adds to `decoded` the harmonic continuation into the hole of its
+    error on the known pixels (original - decoded): the hole's colours then meet the image's
+    along the edge, and the correction fades towards the hole's middle (options.BLENDS).
     With `feather` > 0 the decoded content fades in over `feather` pixels inside the mask:
     weight d / feather at d pixels inside the edge (1 on the edge), full from d = feather on.
     """
     alpha = pixel_masks[:, None].float()  # (B, 1, H, W), 1 = take decoded
     check_run_options(feather=feather, image_size=max(alpha.shape[-2:]))
+    fill = decoded.float()  # (B, 3, H, W)
+    if blend == "seamless":
+        fill = fill + harmonic_fill(original.float() - fill, pixel_masks.bool())
     if feather > 0:
         # a mask pixel d pixels inside the edge (d = 1 on the edge, chessboard distance)
         # survives d - 1 erosions: the mean of the mask and its first feather - 1 erosions
@@ -668,7 +688,7 @@ def paste_known(
             eroded = -F.max_pool2d(-eroded, 3, stride=1, padding=1)
             total += eroded
         alpha = total / feather
-    mixed = alpha * decoded.float() + (1 - alpha) * original.float()
+    mixed = alpha * fill + (1 - alpha) * original.float()
     return mixed.round().clamp(0, 255).to(torch.uint8)
 
 
