@@ -81,7 +81,7 @@ def test_default_is_the_model_cards_command():
     assert decoding_options(build_parser().parse_args(argv)) == DEFAULT_DECODING
     assert DEFAULT_DECODING.schedule == "linear" and DEFAULT_DECODING.steps == 8
     assert DEFAULT_DECODING.temperature == 0.0 and DEFAULT_DECODING.choice_temperature == 1.0
-    assert DEFAULT_DECODING.prefill == "telea"
+    assert DEFAULT_DECODING.prefill == "telea" and DEFAULT_DECODING.blend == "seamless"
 
 
 @pytest.mark.parametrize("command", ["inpaint", "outpaint", "generate", "demo", "evaluate"])

@@ -4,7 +4,7 @@ Every entry point (the Python API, the CLI, the web API, evaluate/sweep, the dem
 `DecodingOptions` and passes it down to `maskgit.decoding.decode`; nothing below the edge
 checks the values again. `DEFAULT_DECODING` is the setting that scored best for the shipped
 model (docs/model-card.md: linear schedule, 8 steps, argmax sampling, choice temperature 1.0,
-Telea pre-fill); a test holds the card's command and this object together.
+Telea pre-fill, seamless blend); a test holds the card's command and this object together.
 
 Adding an option: add a field here (with its `help`) and its check in `validate`, read it in
 `decode`, and give it a control in the web page (src/maskgit/web/index.html, an element with
