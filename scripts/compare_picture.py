@@ -8,7 +8,8 @@ name. Used for docs/img/inpaint-compare.png:
         --column truth=data/emoji-google/test/images \\
         --column Telea=runs/v4-leg4/eval-google/telea \\
         --column "white fill=runs/v4-leg4/eval-google/white" \\
-        --column "v3.2=runs/v4-leg4/eval-google/maskgit"
+        --column "v3.2 plain=runs/v4-leg4/eval-google/maskgit" \\
+        --column "v3.2 seamless=runs/v32-seamless/eval-google/maskgit"
 """
 
 from __future__ import annotations
