@@ -99,6 +99,12 @@ def test_seamless_removes_a_colour_shift_that_plain_pasting_keeps(shift):
     assert (seamless[inside].int() - truth[inside].int()).abs().max() <= 1
 
 
+def test_an_unknown_blend_is_refused_naming_it():
+    truth, masked, hole, decoded = shifted_decoder_output(0)
+    with pytest.raises(ValueError, match="blend='poisson': expected one of seamless, none"):
+        paste_known(masked, decoded, hole, blend="poisson")
+
+
 def test_seamless_keeps_what_the_decoder_drew_inside_the_hole():
     truth, masked, hole, decoded = shifted_decoder_output(0)
     decoded[0, :, 7, 5] = 0  # a black dot in the middle of the first hole

@@ -31,7 +31,7 @@ from maskgit.metrics import (
     masked_psnr,
     masked_ssim,
 )
-from maskgit.options import DecodingOptions, resolve
+from maskgit.options import DEFAULT_DECODING, DecodingOptions, resolve
 from maskgit.pipeline import MaskGIT, paste_known
 from maskgit.reader import mask_tensor, read_image, read_mask
 from maskgit.visualize import save_png
@@ -87,7 +87,7 @@ def load_test_set(
 
 
 def reference_fill(
-    name: str, model: MaskGIT, test: TestSet, blend: str = "seamless"
+    name: str, model: MaskGIT, test: TestSet, blend: str = DEFAULT_DECODING.blend
 ) -> torch.Tensor:
     """A reference row's images: a classical baseline, or the tokenizer ceiling (CEILING: the
     true tokens decoded, pasted with `blend` as MaskGIT's results are)."""

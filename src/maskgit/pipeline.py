@@ -28,7 +28,7 @@ from maskgit.data import to_model_range, to_uint8
 from maskgit.decoding import DecodeStep, StepCallback, decode
 from maskgit.fill import classical_fill, harmonic_fill
 from maskgit.masking import pixel_to_token_mask
-from maskgit.options import DecodingOptions, resolve
+from maskgit.options import BLENDS, DecodingOptions, resolve
 from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor, resize_image
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
@@ -675,6 +675,8 @@ def paste_known(
     """
     alpha = pixel_masks[:, None].float()  # (B, 1, H, W), 1 = take decoded
     check_run_options(feather=feather, image_size=max(alpha.shape[-2:]))
+    if blend not in BLENDS:
+        raise ValueError(f"blend={blend!r}: expected one of {', '.join(BLENDS)}")
     fill = decoded.float()  # (B, 3, H, W)
     if blend == "seamless":
         fill = fill + harmonic_fill(original.float() - fill, pixel_masks.bool())
