@@ -202,9 +202,11 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     counts = prepare_emoji(args.source, args.out, size=args.size)
+    dropped = counts.pop("dropped")
     print(
         f"wrote {sum(counts.values())} images to {args.out} ({counts}) in "
-        f"{time.perf_counter() - started:.1f} s"
+        f"{time.perf_counter() - started:.1f} s; left out {dropped} test images whose tone "
+        "sibling was in an earlier training split"
     )
     return 0
 

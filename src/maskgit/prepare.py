@@ -6,10 +6,16 @@ packed as `@iconify-json/<set>` (unpacked; SVG, rasterised with cairosvg), into
     OUT/test/images/*.png                 test images
     OUT/test/masks/*.png                  their masks, white = repaint, same names
     OUT/ATTRIBUTION.md, OUT/LICENSE-<vendor>
-Splits hash the emoji's code point name (not the vendor), so one emoji never lands in two
-splits, even across vendors. An iconify icon is named in words ("grinning-face"): its code
-points are looked up by CLDR name (the `emoji` package); an icon whose code points are not
-found is left out, since its split could not be checked against the other styles.
+Splits hash the emoji's code points without skin-tone modifiers and FE0F (`sibling_key`), so
+one emoji and all its tone siblings land in one split, across vendors too. An iconify icon is
+named in words ("grinning-face"): its code points are looked up by CLDR name (the `emoji`
+package); an icon whose code points are not found is left out, since its split could not be
+checked against the other styles.
+
+Up to v3.2 the key held the tone modifier, so "farmer, medium-dark skin" could be in test while
+its four tone siblings were in train. To keep the models trained on those splits comparable, a
+test image is kept only if no tone sibling of it was in the earlier key's training split
+(`earlier_keys`); the others are dropped from every split and counted.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ VENDOR_LICENCES = {
 # iconify sets whose licence allows training and shipping weights (no share-alike, no OpenMoji)
 ICONIFY_ALLOWED_LICENCES = {"MIT", "Apache-2.0", "CC-BY-4.0"}
 ICONIFY_RESERVED = {"openmoji"}  # the project's outside check of unseen styles: never trained on
+TONE_MODIFIERS = frozenset({"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"})
+VARIATION_SELECTOR = "fe0f"
 SKIN_TONES = {  # iconify name suffix -> emoji modifier code point
     "medium-dark": "1f3fe",
     "medium-light": "1f3fc",
@@ -79,6 +87,25 @@ def random_mask(size: int, seed: int, min_area: float = 0.1, max_area: float = 0
 def name_seed(name: str) -> int:
     """A stable 32-bit seed from a file name."""
     return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
+
+
+def sibling_key(key: str) -> str:
+    """The split key of an emoji: its code points without skin-tone modifiers and FE0F, shared
+    by all its tone siblings ("1f468-1f3fd-200d-1f33e" -> "1f468-200d-1f33e")."""
+    parts = key.lower().split("-")
+    return "-".join(p for p in parts if p not in TONE_MODIFIERS and p != VARIATION_SELECTOR)
+
+
+def earlier_keys(keys: list[str]) -> set[str]:
+    """Every split key that one tone-sibling group had up to v3.2 (the full code points), in
+    emoji-datasource's form (the group's own `keys`) and in the form prepare-data gave iconify
+    tone variants (the untoned sequence without a trailing FE0F, then the modifier), for a
+    group that has tone variants."""
+    untoned = [k for k in keys if not TONE_MODIFIERS.intersection(k.split("-"))]
+    if len(untoned) == len(keys):
+        return set(keys)
+    bases = {u.removesuffix("-" + VARIATION_SELECTOR) for u in untoned}
+    return set(keys) | {f"{base}-{tone}" for base in bases for tone in TONE_MODIFIERS}
 
 
 def _vendor_images(source: Path) -> tuple[str, Path, Path | None]:
@@ -204,18 +231,32 @@ def prepare_emoji(
     test_fraction: float = 0.1,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Build the emoji data set from unpacked npm packages; returns image counts per split."""
+    """Build the emoji data set from unpacked npm packages; returns image counts per split and
+    `dropped`, the test images left out because a tone sibling was in an earlier training split
+    (module docstring)."""
     out = Path(out)
-    counts = {"train": 0, "val": 0, "test": 0}
+    counts = {"train": 0, "val": 0, "test": 0, "dropped": 0}
     attributions = []
-    for source in map(Path, sources):
-        vendor, spdx, items, licence = _source_images(source, size)
-        attributions.append((vendor, spdx, source, len(items)))
+    loaded = [_source_images(source, size) for source in map(Path, sources)]
+    groups: dict[str, list[str]] = {}
+    for _, _, items, _ in loaded:
+        for key, _, _ in items:
+            groups.setdefault(sibling_key(key), []).append(key)
+    seen_in_training = {
+        group
+        for group, keys in groups.items()
+        if any(split_of(k, val_fraction, test_fraction) == "train" for k in earlier_keys(keys))
+    }
+    for source, (vendor, spdx, items, licence) in zip(sources, loaded, strict=True):
+        attributions.append((vendor, spdx, Path(source), len(items)))
         if licence is not None:
             out.mkdir(parents=True, exist_ok=True)
             shutil.copy(licence, out / f"LICENSE-{vendor}")
         for key, file_name, read in tqdm(items, desc=f"emoji {vendor}", disable=not progress):
-            split = split_of(key, val_fraction, test_fraction)
+            split = split_of(sibling_key(key), val_fraction, test_fraction)
+            if split == "test" and sibling_key(key) in seen_in_training:
+                counts["dropped"] += 1
+                continue
             name = f"{vendor}-{file_name}"
             image = read()
             target = out / ("test/images" if split == "test" else split)
@@ -242,6 +283,8 @@ def _write_attribution(out: Path, attributions: list[tuple], counts: dict) -> No
     lines += [
         "",
         "Images were resized to 64x64 and composited on white by `maskgit prepare-data emoji`.",
+        "Split key: the code points without skin-tone modifiers and FE0F; test images with a",
+        "tone sibling in the earlier key's training split are dropped (`dropped`).",
         "",
         f"Counts: {counts}.",
         "",
