@@ -31,7 +31,7 @@ def test_presets_validate(name):
 
 
 def test_expected_presets_exist():
-    assert {"lab-64", "emoji-demo", "tiny"} <= set(PRESETS)
+    assert {"lab-64", "emoji-demo", "cpu-64", "tiny"} <= set(PRESETS)
 
 
 def test_get_preset_returns_fresh_copies():

@@ -70,7 +70,9 @@ def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument(
         "--config",
         default="emoji-demo",
-        help="preset name (lab-64, emoji-demo, tiny) or YAML file (default emoji-demo)",
+        help="preset name (cpu-64: your 64x64 images on a CPU; emoji-demo: the embedded "
+        "default's design; lab-64: the course lab's GPU architecture; tiny: tests) or a YAML "
+        "file (default emoji-demo)",
     )
     p.add_argument("--out", required=True, help="run folder for checkpoints, logs and samples")
     p.add_argument(
