@@ -397,7 +397,7 @@ def _cpu64() -> Preset:
     preset.tokenizer.base_channels = 48
     preset.tokenizer.channel_mult = (1, 2, 2, 4)
     preset.tokenizer.codebook_size = 1024
-    preset.tokenizer_training.epochs = 25
+    preset.tokenizer_training.epochs = 12
     preset.transformer = TransformerConfig(
         codebook_size=1024,
         num_tokens=64,
