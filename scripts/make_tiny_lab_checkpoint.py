@@ -51,9 +51,11 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument(
         "--attention",
-        default="fused",
+        default="report",
         choices=sorted(ATTENTIONS),
-        help="the student's attention layout (default fused: qkv + proj)",
+        help="the student's attention layout (default report: the lab report's "
+        "MultiHeadAttention, a fused qkv_proj in per-head order; import it with "
+        "--qkv-order per-head)",
     )
     parser.add_argument(
         "--save-as",

@@ -9,7 +9,9 @@ that `maskgit import-lab` can be tested without the real checkpoints:
   `quant_conv` / `post_quant_conv`), downsampling after stages 2 and 4;
 - the BidirectionalTransformer (`tok_emb` with codebook + 1 rows, `pos_emb` (N, D),
   post-norm `blocks` with LayerNorm eps 1e-12, `Token_Prediction`, `LN`, a per-position
-  `bias` of (N, codebook + 1)) with the student's attention in one of several layouts.
+  `bias` of (N, codebook + 1)) with the student's attention in one of several layouts
+  (ATTENTIONS): "report" is the lab report's own MultiHeadAttention (a fused `qkv_proj` in
+  per-head row order), "fused-qkv" a fused projection in [all q | all k | all v] order.
 
 Images enter the lab models normalised with the lab's mean / std (see `normalise`).
 """
@@ -194,8 +196,27 @@ class LabVQGAN(nn.Module):
 # ------------------------------------------------------------------------------ transformer
 
 
+class ReportAttention(nn.Module):
+    """The lab report's MultiHeadAttention, written from its lines: one `qkv_proj` whose rows
+    are grouped per head, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (d_k rows each): the head split
+    comes first, then `chunk(3, dim=-1)` inside each head (`--qkv-order per-head`)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.d_k = num_heads, dim // num_heads
+        self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        qkv = self.qkv_proj(x).view(B, N, self.num_heads, 3 * self.d_k).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)  # each (B, heads, N, d_k)
+        return self.out_proj(_attend(q, k, v).transpose(1, 2).reshape(B, N, D))
+
+
 class FusedAttention(nn.Module):
-    """qkv in one Linear, then `proj` (the most common student answer)."""
+    """One fused Linear chunked into q, k, v *before* the head split, so its rows are
+    [all q | all k | all v] (`--qkv-order qkv`), then `proj`; not the report's order."""
 
     def __init__(self, dim: int, heads: int, bias: bool = True, names=("qkv", "proj")):
         super().__init__()
@@ -205,8 +226,10 @@ class FusedAttention(nn.Module):
 
     def forward(self, x):
         b, n, d = x.shape
-        qkv = getattr(self, self.names[0])(x).reshape(b, n, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+            for t in getattr(self, self.names[0])(x).chunk(3, dim=-1)
+        )
         return getattr(self, self.names[1])(_attend(q, k, v).transpose(1, 2).reshape(b, n, d))
 
 
@@ -244,15 +267,18 @@ def _attend(q, k, v):
     return weights @ v
 
 
+# Each layout names its fused-qkv row order where it has one (import-lab's --qkv-order).
 ATTENTIONS = {
-    "fused": lambda d, h: FusedAttention(d, h),
-    "fused-nobias": lambda d, h: FusedAttention(d, h, bias=False, names=("to_qkv", "to_out")),
+    "report": lambda d, h: ReportAttention(d, h),  # the lab report's code: per-head order
+    "fused-qkv": lambda d, h: FusedAttention(d, h),  # q, k, v = qkv(x).chunk(3): qkv order
+    "fused-qkv-nobias": lambda d, h: FusedAttention(d, h, bias=False, names=("to_qkv", "to_out")),
     "separate": lambda d, h: SeparateAttention(d, h, names=("query", "key", "value", "out")),
     "separate-nobias": lambda d, h: SeparateAttention(
         d, h, bias=False, names=("q_proj", "k_proj", "v_proj", "out_proj")
     ),
     "torch": lambda d, h: TorchAttention(d, h),
     "odd": lambda d, h: SeparateAttention(d, h, names=("alpha", "beta", "gamma", "delta")),
+    "odd-but-out": lambda d, h: SeparateAttention(d, h, names=("alpha", "beta", "gamma", "out")),
 }
 
 
@@ -273,7 +299,7 @@ class EncoderLayer(nn.Module):
 
 
 class LabTransformer(nn.Module):
-    def __init__(self, cfg: dict, heads: int = 16, attention: str = "fused"):
+    def __init__(self, cfg: dict, heads: int, attention: str):
         super().__init__()
         n, k, d = cfg["num_image_tokens"], cfg["num_codebook_vectors"], cfg["dim"]
         self.tok_emb = nn.Embedding(k + 1, d)
@@ -330,9 +356,10 @@ TINY_TRANSFORMER = {
 
 
 def make_lab_models(
-    attention: str = "fused", heads: int = 16, out_swish: bool = False, seed: int = 0
+    attention: str, heads: int = 16, out_swish: bool = False, seed: int = 0
 ) -> tuple[LabVQGAN, LabTransformer]:
-    """A tiny lab VQGAN and transformer with random weights whose codes are all in use."""
+    """A tiny lab VQGAN and transformer with random weights whose codes are all in use;
+    `attention` names the layout (ATTENTIONS), so every caller says which one it checks."""
     torch.manual_seed(seed)
     vqgan = randomise(LabVQGAN(TINY_VQGAN, out_swish), seed)
     with torch.no_grad():  # codes drawn from encoder outputs, so images use many codes
@@ -345,7 +372,7 @@ def make_lab_models(
 
 def write_lab_files(
     folder,
-    attention: str = "fused",
+    attention: str,
     save_as: str = "bare",
     heads: int = 16,
     out_swish: bool = False,

@@ -3,12 +3,17 @@
 The lab's files are made by tests/lab_layout.py, a tiny stand-in that follows the skeleton's
 layout; the imported model must give the lab model's tokens and logits, and every broken or
 mismatched file must be refused with one line naming the key and the file, writing nothing.
+Every test names the attention layout it writes: "report" is the lab report's own
+MultiHeadAttention (fused qkv_proj, per-head row order, imported with qkv_order="per-head");
+tests about other things use "separate" q/k/v, which has no row order to state.
+(tests/test_lab_import_order.py covers the fused-qkv row orders.)
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import re
 
 import pytest
 import torch
@@ -38,7 +43,7 @@ def _import(folder, out, **kwargs):
 @pytest.fixture(scope="module")
 def lab_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lab")
-    vqgan, transformer = lab.write_lab_files(folder)
+    vqgan, transformer = lab.write_lab_files(folder, attention="report")
     return folder, vqgan, transformer
 
 
@@ -46,7 +51,7 @@ def lab_files(tmp_path_factory):
 def imported(lab_files, tmp_path_factory):
     folder, vqgan, transformer = lab_files
     out = tmp_path_factory.mktemp("imported") / "lab-model"
-    _import(folder, out)
+    _import(folder, out, qkv_order="per-head")
     return MaskGIT.from_pretrained(out, device="cpu"), vqgan, transformer, out
 
 
@@ -94,7 +99,8 @@ def test_the_folder_is_a_normal_model_folder(imported, tmp_path):
     assert config["transformer"]["layer_norm_eps"] == 1e-12
     assert config["tokenizer"]["downsample_conv"] == "pad-k3"
     record = json.loads((out / "import.json").read_text())
-    assert record["attention_layouts"] == {"fused qkv": 2}
+    assert record["attention_layouts"] == {"fused qkv, per-head order": 2}
+    assert record["qkv_order"] == {"order": "per-head", "decided_by": "--qkv-order"}
     assert len(record["files"]["vqgan"]["sha256"]) == 64
     result = model.inpaint(
         [torch.zeros(3, 16, 16, dtype=torch.uint8)], [torch.ones(16, 16, dtype=torch.bool)]
@@ -107,37 +113,37 @@ def test_the_folder_is_a_normal_model_folder(imported, tmp_path):
     [
         ("separate", 16),
         ("separate-nobias", 4),
-        ("fused-nobias", 8),
+        ("fused-qkv-nobias", 8),
         ("torch", 4),
     ],
 )
 def test_student_attention_layouts_are_recognised(tmp_path, attention, heads):
     vqgan, transformer = lab.write_lab_files(tmp_path / "lab", attention=attention, heads=heads)
-    report = _import(tmp_path / "lab", tmp_path / "out", heads=heads)
+    report = _import(tmp_path / "lab", tmp_path / "out", heads=heads, qkv_order="qkv")
     assert sum(report.attention_layouts.values()) == 2
     _assert_same_model(MaskGIT.from_pretrained(tmp_path / "out", device="cpu"), vqgan, transformer)
 
 
 def test_heads_come_from_the_yml_when_it_names_them(tmp_path):
     folder = tmp_path / "lab"
-    vqgan, transformer = lab.write_lab_files(folder, heads=4)
+    vqgan, transformer = lab.write_lab_files(folder, attention="report", heads=4)
     config = yaml.safe_load((folder / "MaskGit.yml").read_text())
     config["model_param"]["Transformer_param"]["num_heads"] = 4
     (folder / "MaskGit.yml").write_text(yaml.safe_dump(config))
-    assert _import(folder, tmp_path / "out").transformer.heads == 4
+    assert _import(folder, tmp_path / "out", qkv_order="per-head").transformer.heads == 4
     _assert_same_model(MaskGIT.from_pretrained(tmp_path / "out", device="cpu"), vqgan, transformer)
 
 
 @pytest.mark.parametrize("save_as", ["training", "whole"])
 def test_every_way_the_lab_saves_a_transformer(tmp_path, save_as):
-    vqgan, transformer = lab.write_lab_files(tmp_path / "lab", save_as=save_as)
+    vqgan, transformer = lab.write_lab_files(tmp_path / "lab", attention="report", save_as=save_as)
     kwargs = {"vqgan": None} if save_as == "whole" else {}  # the VQGAN keys are inside
-    _import(tmp_path / "lab", tmp_path / "out", **kwargs)
+    _import(tmp_path / "lab", tmp_path / "out", qkv_order="per-head", **kwargs)
     _assert_same_model(MaskGIT.from_pretrained(tmp_path / "out", device="cpu"), vqgan, transformer)
 
 
 def test_a_decoder_with_swish_before_its_last_conv(tmp_path):
-    vqgan, transformer = lab.write_lab_files(tmp_path / "lab", out_swish=True)
+    vqgan, transformer = lab.write_lab_files(tmp_path / "lab", attention="separate", out_swish=True)
     report = _import(tmp_path / "lab", tmp_path / "out")
     assert report.tokenizer.decoder_out_act
     model = MaskGIT.from_pretrained(tmp_path / "out", device="cpu")
@@ -185,7 +191,7 @@ def _edit_state(path, edit):
 
 def test_mismatched_and_corrupt_files_are_refused(tmp_path):
     folder = tmp_path / "lab"
-    lab.write_lab_files(folder)
+    lab.write_lab_files(folder, attention="separate")
     good = {p.name: p.read_bytes() for p in folder.iterdir()}
 
     def restore():
@@ -237,11 +243,6 @@ def test_mismatched_and_corrupt_files_are_refused(tmp_path):
     _edit_state(folder / "transformer.pt", lambda s: s["bias"].__setitem__((0, 0), float("nan")))
     _refused(tmp_path, folder, "transformer.pt", "bias", "NaN")
     restore()
-    # a truncated file
-    data = (folder / "VQGAN.pt").read_bytes()
-    (folder / "VQGAN.pt").write_bytes(data[: len(data) // 2])
-    _refused(tmp_path, folder, "VQGAN.pt", "truncated or corrupt")
-    restore()
     # an empty file
     (folder / "transformer.pt").write_bytes(b"")
     _refused(tmp_path, folder, "transformer.pt", "empty")
@@ -253,13 +254,75 @@ def test_mismatched_and_corrupt_files_are_refused(tmp_path):
         _import(folder, tmp_path / "full")
 
 
+@pytest.mark.parametrize(
+    "name, keep", [("VQGAN.pt", 0.5), ("transformer.pt", 0.5), ("VQGAN.pt", 0)]
+)
+def test_a_truncated_file_is_named_in_one_complete_sentence(tmp_path, name, keep):
+    folder = tmp_path / "lab"
+    lab.write_lab_files(folder, attention="separate")
+    data = (folder / name).read_bytes()
+    cut = data[: int(len(data) * keep)] if keep else b"not a checkpoint at all, " * 40
+    (folder / name).write_bytes(cut)
+    message = _refused(tmp_path, folder, name, "truncated or corrupt")
+    assert message.startswith(str(folder / name) + ": ") and message.endswith(".")
+    assert message.count("(") == message.count(")")
+    assert "your checkpoint file is" not in message  # torch's sentence, cut mid-way
+    assert re.search(r"\(torch\.load: \w+: [^()]+\); save or copy it again\.$", message)
+    if name == "VQGAN.pt" and keep:
+        assert "failed finding central directory" in message  # torch's reason, whole
+
+
+def test_a_vqgan_layer_missing_a_key_names_the_key(tmp_path):
+    folder = tmp_path / "lab"
+    lab.write_lab_files(folder, attention="separate")
+    good = (folder / "VQGAN.pt").read_bytes()
+    state = torch.load(folder / "VQGAN.pt", weights_only=True)
+    for suffix in (".proj_out.weight", ".block.2.bias", ".conv.weight"):
+        key = next(k for k in state if k.startswith("encoder.model.") and k.endswith(suffix))
+        _edit_state(folder / "VQGAN.pt", lambda s, key=key: s.pop(key))
+        message = _refused(tmp_path, folder, "VQGAN.pt", f"missing key {key}")
+        assert "keys gn" not in message  # not a list of the keys that are there
+        (folder / "VQGAN.pt").write_bytes(good)
+
+
+def test_unknown_attention_names_are_listed_when_others_are_known(tmp_path):
+    """`out` is a known name, alpha/beta/gamma are not: the list, not 'no q projection'."""
+    lab.write_lab_files(tmp_path / "lab", attention="odd-but-out")
+    message = _refused(
+        tmp_path, tmp_path / "lab", "transformer.pt", "blocks.0.Attention.alpha.weight", "--map"
+    )
+    assert "blocks.0.Attention.gamma.weight" in message or "more" in message
+    assert "no q projection" not in message
+
+
+def test_no_mask_left_is_explained_in_decode_and_the_lab_recipe():
+    """decode() leaves no [MASK] because the logits cover the real codes only; the lab's
+    argmax over K + 1 logits could pick [MASK] itself (the docs say maskgit never does)."""
+    from pathlib import Path
+
+    from maskgit.decoding import decode
+
+    assert "never predicts [MASK]" in decode.__doc__ and "K + 1" in decode.__doc__
+    recipe = (Path(__file__).parent.parent / "docs" / "lab-recipe.md").read_text()
+    assert "never predicts `[MASK]`" in recipe and "departure from the report" in recipe
+    tokens, unknown = torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool)
+
+    def with_mask_column(ids):  # (1, 4) -> (1, 4, 3): [MASK] = id 2 scores highest
+        return torch.tensor([0.0, 1.0, 5.0]).expand(*ids.shape, 3)
+
+    out, _ = decode(tokens, unknown, with_mask_column, 2, steps=2, temperature=0.0)
+    assert (out == 2).all()  # the condition the docstring states is real
+    out, _ = decode(tokens, unknown, lambda ids: with_mask_column(ids)[..., :2], 2, steps=2)
+    assert (out == 1).all()
+
+
 class Student(collections.OrderedDict):  # a class the loader would have to import
     pass
 
 
 def test_a_pickle_that_needs_code_is_refused(tmp_path):
     folder = tmp_path / "lab"
-    _, transformer = lab.write_lab_files(folder)
+    _, transformer = lab.write_lab_files(folder, attention="separate")
     torch.save(Student(transformer.state_dict()), folder / "transformer.pt")
     message = _refused(tmp_path, folder, "transformer.pt", "refused", "run code", "Student")
     assert "weights_only" in message
@@ -287,11 +350,11 @@ def test_cli_import_lab(tmp_path, capsys, lab_files):
         "--vqgan", str(folder / "VQGAN.pt"),
         "--transformer-config", str(folder / "MaskGit.yml"),
         "--transformer", str(folder / "transformer.pt"),
-        "--out", str(out),
+        "--out", str(out), "--qkv-order", "per-head",
     ]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "fused qkv (2 layers)" in printed and str(out) in printed
+    assert "fused qkv, per-head order (2 layers)" in printed and str(out) in printed
     _assert_same_model(MaskGIT.from_pretrained(out, device="cpu"), vqgan, transformer)
     assert main(argv) == 2  # the folder is there now: one line, exit 2
     err = capsys.readouterr().err
@@ -332,6 +395,8 @@ def test_the_repo_script_makes_a_set_the_recipe_imports_and_inpaints(tmp_path, m
                 str(lab_dir / "transformer.pt"),
                 "--out",
                 str(model_dir),
+                "--qkv-order",
+                "per-head",  # the script writes the lab report's attention
             ]
         )  # fmt: skip
         == 0

@@ -778,6 +778,8 @@ def cmd_import_lab(args: argparse.Namespace) -> int:
         heads=args.heads,
         image_mean=args.image_mean,
         image_std=args.image_std,
+        qkv_order=args.qkv_order,
+        qkv_evidence=args.qkv_evidence,
     )
     tok, tr = report.tokenizer, report.transformer
     layouts = ", ".join(f"{name} ({n} layers)" for name, n in report.attention_layouts.items())
@@ -787,7 +789,8 @@ def cmd_import_lab(args: argparse.Namespace) -> int:
         f"{tok.latent_dim}\n"
         f"transformer {args.transformer} ({report.transformer_container}): {tr.depth} layers, "
         f"dim {tr.dim}, {tr.heads} heads, MLP {tr.mlp_dim}; attention: {layouts}\n"
-        f"wrote {report.out} (tokenizer.safetensors, transformer.safetensors, config.yaml, "
+        + (f"qkv row order: {report.qkv.summary()}\n" if report.qkv.order else "")
+        + f"wrote {report.out} (tokenizer.safetensors, transformer.safetensors, config.yaml, "
         f"import.json); use it with --model {report.out}"
     )
     return 0
@@ -808,7 +811,15 @@ IMPORT_LAB_EPILOG = (
     "out_proj). Keys it does not understand are listed; name them in a YAML file given\n"
     "with --map, one line per module inside each layer's Attention, e.g.\n"
     "    my_query: q\n    my_key: k\n    my_value: v\n    my_output: out\n"
-    "(roles: q, k, v, qkv, out, ignore)."
+    "(roles: q, k, v, qkv, out, ignore).\n\n"
+    "A fused qkv projection's row order is not in its name or shape, so it is never\n"
+    "guessed: --qkv-order per-head for the lab report's\n"
+    "    qkv = self.qkv_proj(x).view(B, N, heads, 3 * d_k).transpose(1, 2)\n"
+    "    q, k, v = qkv.chunk(3, dim=-1)\n"
+    "(rows [q_0 k_0 v_0 | q_1 k_1 v_1 | ...]), --qkv-order qkv for\n"
+    "    q, k, v = self.qkv_proj(x).chunk(3, dim=-1)    # before the head split\n"
+    "(rows [all q | all k | all v]); or --qkv-evidence DIR with a few of the lab's images:\n"
+    "the order with the clearly lower masked-token loss is taken, both losses printed."
 )
 
 
@@ -876,6 +887,22 @@ def args_import_lab(p: argparse.ArgumentParser) -> None:
         default=(0.2620, 0.2527, 0.2543),
         metavar="R,G,B",
         help="per-channel std the VQGAN was trained with (default: 0.2620,0.2527,0.2543)",
+    )
+    p.add_argument(
+        "--qkv-order",
+        choices=("per-head", "qkv"),
+        default=None,
+        help="row order of a fused qkv projection: per-head (the lab report's .view(B, N, "
+        "heads, 3 * d_k) then chunk(3, dim=-1)) or qkv (chunk(3, dim=-1) before the head "
+        "split); needed for a fused qkv unless --qkv-evidence decides it (see below)",
+    )
+    p.add_argument(
+        "--qkv-evidence",
+        default=None,
+        metavar="DIR",
+        help="a few of the lab's images (or a `maskgit tokenize` folder): the fused qkv order "
+        "whose masked-token loss on them is clearly lower is taken, both losses printed; "
+        "refused when they are not clearly apart",
     )
 
 

@@ -136,8 +136,15 @@ def decode(
     DecodingOptions, e.g. steps=12) say how; `options.seed` is not used here (pass
     `generator`: one per image makes results independent of the batching).
     `on_step(DecodeStep)` is called after every step run (e.g. for progress).
-    Returns the completed tokens (B, N) (no [MASK] left; known tokens unchanged) and, when
-    `record_steps`, one DecodeStep per step run.
+    Returns the completed tokens (B, N) (known tokens unchanged) and, when `record_steps`,
+    one DecodeStep per step run.
+
+    No [MASK] is left only because every id drawn is an index into `logits_fn`'s last
+    dimension: maskgit's transformer returns K = `mask_token_id` logits, over the real codes
+    0..K-1 (its tied head has no [MASK] row), so it never predicts [MASK] and id K cannot be
+    drawn. `decode` does not check this: a `logits_fn` returning K + 1 logits, [MASK]
+    included, as the lab report's model does (its argmax runs over all K + 1), could leave
+    [MASK] in the output.
     """
     options = resolve(options, **changes)
     batch, num_tokens = tokens.shape

@@ -10,6 +10,14 @@ tokenizer.safetensors, transformer.safetensors, config.yaml and import.json.
 
 Every check fails with one `LabImportError` line naming the key and the file; nothing is written
 unless every check passed.
+
+A fused qkv projection's row order is not in its names or shapes, so it is never guessed: the
+lab report's `qkv = self.qkv_proj(x).view(B, N, heads, 3 * d_k).transpose(1, 2)` then
+`q, k, v = qkv.chunk(3, dim=-1)` groups the rows per head, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...]
+("per-head"); `q, k, v = self.qkv_proj(x).chunk(3, dim=-1)` before the head split gives
+[all q | all k | all v] ("qkv", maskgit's own order). The user states it (`qkv_order`), or
+`qkv_evidence` (a few of the lab's images or token grids) decides it by the masked-token loss
+of both orders; otherwise the import is refused with both code lines.
 """
 
 from __future__ import annotations
@@ -25,11 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 
 from maskgit.checkpoint import CheckpointError, load_model, load_weights, save_model
 from maskgit.config import ConfigError, TokenizerConfig, TransformerConfig, to_dict
+from maskgit.data import TOKENS_FILE, load_folder, load_tokens, to_model_range
 from maskgit.fileio import atomic_write
+from maskgit.masking import apply_token_mask
+from maskgit.reader import DataError
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
@@ -40,6 +52,11 @@ LAB_HEADS = 16  # MultiHeadAttention(dim, num_heads=16)
 LAB_LAYER_NORM_EPS = 1e-12  # every nn.LayerNorm of the skeleton's transformer
 ROLES = ("q", "k", "v", "qkv", "out", "ignore")
 CONTAINER_KEYS = ("model_state_dict", "state_dict", "model", "transformer_state_dict")
+QKV_ORDERS = ("per-head", "qkv")  # rows [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] or [q | k | v]
+EVIDENCE_MAX_GRIDS = 16  # token grids (images) scored per order
+EVIDENCE_MASKS = 2  # random masks per grid, each hiding half of the tokens
+EVIDENCE_MIN_GAP = 0.05  # the better order's loss is at least 5 % lower ...
+EVIDENCE_MIN_Z = 3.0  # ... and lower by 3 standard errors of the per-sample differences
 
 # Module names (inside each layer's attention module) recognised for each role.
 _NAMES = {
@@ -58,6 +75,41 @@ class LabImportError(ValueError):
     """A lab file cannot be imported; the message names the file and the key."""
 
 
+class QkvOrderUnknown(LabImportError):
+    """A fused qkv projection whose row order was neither stated nor decided by evidence."""
+
+
+@dataclass
+class OrderChoice:
+    """The fused qkv row order used ("" when there was none to choose) and why."""
+
+    order: str = ""
+    decided_by: str = ""  # "--qkv-order" or "evidence DIR"
+    losses: dict[str, float] = field(default_factory=dict)  # order -> masked-token loss
+    grids: int = 0  # token grids the losses were measured on
+
+    def record(self) -> dict[str, Any] | None:
+        """What import.json keeps of the choice."""
+        if not self.order:
+            return None
+        found = {"order": self.order, "decided_by": self.decided_by}
+        if self.losses:
+            found |= {"masked_token_loss": self.losses, "evidence_grids": self.grids}
+        return found
+
+    def describe(self) -> str:
+        """Both losses in words, e.g. 'masked-token loss per-head 1.2345, qkv 3.4567 on 8
+        token grids'."""
+        losses = ", ".join(f"{order} {loss:.4f}" for order, loss in self.losses.items())
+        return f"masked-token loss {losses} on {self.grids} token grids"
+
+    def summary(self) -> str:
+        """E.g. 'per-head (decided by evidence DIR; masked-token loss per-head ..., qkv ...)'."""
+        stated = self.decided_by == "--qkv-order"
+        how = "stated with --qkv-order" if stated else f"decided by {self.decided_by}"
+        return f"{self.order} ({how}" + (f"; {self.describe()})" if self.losses else ")")
+
+
 @dataclass
 class ImportReport:
     """What `import_lab` wrote and what it found."""
@@ -68,6 +120,7 @@ class ImportReport:
     attention_layouts: dict[str, int] = field(default_factory=dict)  # layout -> layers
     transformer_container: str = ""
     vqgan_source: str = ""
+    qkv: OrderChoice = field(default_factory=OrderChoice)  # fused qkv row order
 
 
 # --------------------------------------------------------------------------- reading files
@@ -92,8 +145,19 @@ def load_torch_file(path: str | Path) -> Any:
                 "torch.save(model.state_dict(), path)"
             ) from exc
         raise LabImportError(
-            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {message[:200]}"
+            f"{path}: not a readable torch checkpoint, probably truncated or corrupt "
+            f"(torch.load: {type(exc).__name__}: {_first_sentence(message)}); save or copy it "
+            "again."
         ) from exc
+
+
+def _first_sentence(message: str, limit: int = 160) -> str:
+    """The first sentence of an error message (torch's reason, before its advice), whole
+    when it fits `limit` characters, else cut at a word and marked with '...'."""
+    sentence = message.split(". ", 1)[0].rstrip(".")
+    if len(sentence) <= limit:
+        return sentence
+    return sentence[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def read_yaml(path: str | Path, section: str) -> dict[str, Any]:
@@ -173,35 +237,58 @@ def _sequential(state: dict[str, torch.Tensor], prefix: str, path: Path) -> list
     layers = []
     for index in sorted(groups):
         params = groups[index]
-        names = set(params)
-        if names == {"weight", "bias"} and params["weight"].ndim == 4:
-            kind = "conv"
-        elif names == {"gn.weight", "gn.bias"}:
-            kind = "norm"
-        elif names == {"conv.weight", "conv.bias"}:
-            kind = "resample"
-        elif names >= {
-            "block.0.gn.weight",
-            "block.2.weight",
-            "block.3.gn.weight",
-            "block.5.weight",
-        }:
-            kind = "res"
-            allowed = {f"block.{i}.{p}" for i in (2, 5) for p in ("weight", "bias")}
-            allowed |= {f"block.{i}.gn.{p}" for i in (0, 3) for p in ("weight", "bias")}
-            allowed |= {"channel_up.weight", "channel_up.bias"}
-            extra = sorted(names - allowed)
-            if extra:
-                raise LabImportError(f"{path}: unexpected key {prefix}{index}.{extra[0]}")
-        elif names == _ATTN_KEYS:
-            kind = "attn"
-        else:
-            raise LabImportError(
-                f"{path}: layer {prefix}{index} is not a VQGAN-pytorch layer "
-                f"(keys {', '.join(sorted(names)[:5])})"
-            )
-        layers.append((index, kind, params))
+        layers.append((index, _layer_kind(params, f"{prefix}{index}", path), params))
     return layers
+
+
+# The VQGAN-pytorch layers of an encoder / decoder Sequential: kind -> (required, optional keys)
+_LAYER_KEYS = {
+    "conv": ({"weight", "bias"}, set()),
+    "norm": ({"gn.weight", "gn.bias"}, set()),
+    "resample": ({"conv.weight", "conv.bias"}, set()),
+    "res": (
+        {f"block.{i}.{p}" for i in (2, 5) for p in ("weight", "bias")}
+        | {f"block.{i}.gn.{p}" for i in (0, 3) for p in ("weight", "bias")},
+        {"channel_up.weight", "channel_up.bias"},
+    ),
+    "attn": (_ATTN_KEYS, set()),
+}
+_LAYER_CLASSES = {
+    "conv": "Conv2d",
+    "norm": "GroupNorm",
+    "resample": "DownSampleBlock / UpSampleBlock",
+    "res": "ResidualBlock",
+    "attn": "NonLocalBlock",
+}
+
+
+def _layer_kind(params: dict[str, torch.Tensor], layer: str, path: Path) -> str:
+    """The kind of one Sequential entry: the layer its keys come closest to; a key that
+    layer needs and lacks, or one it has no place for, is named."""
+    names = set(params)
+
+    def shared(kind: str) -> int:
+        return len(names & set.union(*_LAYER_KEYS[kind]))
+
+    kind = max(_LAYER_KEYS, key=shared)
+    required, optional = _LAYER_KEYS[kind]
+    weight = params.get("weight")
+    not_conv = kind == "conv" and weight is not None and weight.ndim != 4  # e.g. a Linear
+    if not shared(kind) or not_conv:
+        raise LabImportError(
+            f"{path}: layer {layer} is not a VQGAN-pytorch layer "
+            f"(keys {', '.join(sorted(names)[:5])})"
+        )
+    extra, missing = sorted(names - required - optional), sorted(required - names)
+    if extra:
+        raise LabImportError(f"{path}: unexpected key {layer}.{extra[0]}")
+    if missing:
+        raise LabImportError(
+            f"{path}: missing key{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(f'{layer}.{m}' for m in missing)} (layer {layer} has the other keys "
+            f"of a {_LAYER_CLASSES[kind]})"
+        )
+    return kind
 
 
 def _body(layers: list[tuple], prefix: str, path: Path, resample: str, width: int) -> list[str]:
@@ -382,12 +469,22 @@ def _attention(
     key_map: Mapping[str, str],
     path: Path,
     unknown: list[str],
+    heads: int,
+    qkv_order: str | None,
+    undecided: list[str],
 ) -> tuple[dict[str, torch.Tensor], str]:
-    """One layer's attention tensors -> maskgit's qkv / proj weights and biases."""
+    """One layer's attention tensors -> maskgit's qkv / proj weights and biases.
+
+    Names it does not know go to `unknown` (the layer is then skipped); a fused qkv whose
+    row order `qkv_order` does not give goes to `undecided` (read in qkv order meanwhile).
+    """
     roles: dict[str, dict[str, torch.Tensor]] = {}
+    modules: dict[str, str] = {}  # role -> module name ("in_proj_" for nn.MultiheadAttention)
+    unknown_before = len(unknown)
     for rest, tensor in tensors.items():
         if rest.endswith(("in_proj_weight", "in_proj_bias")):  # nn.MultiheadAttention
             module, param = "in_proj", rest.rpartition("in_proj_")[2]
+            modules["qkv"] = rest.rpartition("in_proj_")[0] + "in_proj_"
         else:
             module, _, param = rest.rpartition(".")
             if param not in ("weight", "bias"):
@@ -404,7 +501,8 @@ def _attention(
         if param in roles.setdefault(role, {}):
             raise LabImportError(f"{path}: {prefix}{rest}: a second {role!r} {param}")
         roles[role][param] = tensor
-    if not roles:
+        modules.setdefault(role, module)
+    if not roles or len(unknown) > unknown_before:  # the caller lists the unknown names
         return {}, ""
     if "qkv" in roles and roles.keys() & {"q", "k", "v"}:
         raise LabImportError(f"{path}: {prefix}*: both a fused qkv and separate q/k/v")
@@ -429,7 +527,17 @@ def _attention(
 
     if "qkv" in roles:
         qkv_w, qkv_b = get("qkv", "weight", 3 * dim), get("qkv", "bias", 3 * dim)
-        layout = "fused qkv" + ("" if "bias" in roles["qkv"] else " (no bias)")
+        order = _fused_order(prefix + modules["qkv"], qkv_order, path, undecided)
+        if order == "per-head":
+            if dim % heads:
+                raise LabImportError(
+                    f"{path}: {prefix}{modules['qkv']}: dim={dim} does not split into "
+                    f"{heads} heads (set --heads)"
+                )
+            qkv_w, qkv_b = _per_head_to_qkv(qkv_w, heads), _per_head_to_qkv(qkv_b, heads)
+        torch_mha = modules["qkv"].endswith("in_proj_")
+        layout = "nn.MultiheadAttention" if torch_mha else f"fused qkv, {order} order"
+        layout += "" if "bias" in roles["qkv"] else " (no bias)"
     else:
         qkv_w = torch.cat([get(r, "weight", dim) for r in "qkv"])
         qkv_b = torch.cat([get(r, "bias", dim) for r in "qkv"])
@@ -443,6 +551,42 @@ def _attention(
     }, layout
 
 
+def _fused_order(module: str, qkv_order: str | None, path: Path, undecided: list[str]) -> str:
+    """The row order of the fused qkv projection `module` ("qkv" while undecided)."""
+    if module.endswith("in_proj_"):  # nn.MultiheadAttention: [q | k | v] by definition
+        if qkv_order == "per-head":
+            raise LabImportError(
+                f"{path}: {module}weight is nn.MultiheadAttention's in_proj_weight, whose "
+                "rows are [all q | all k | all v] by torch's definition; --qkv-order per-head "
+                "does not fit it (leave the option out)"
+            )
+        return "qkv"
+    if qkv_order is None:
+        undecided.append(module)
+        return "qkv"
+    return qkv_order
+
+
+def _per_head_to_qkv(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    """Rows [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] (d_k rows each) -> [q_0 q_1 .. | k_0 .. | v_0 ..]
+    (3 * dim, ...) -> (3 * dim, ...): the lab report's order -> maskgit's."""
+    return tensor.reshape(heads, 3, -1, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
+
+
+def _order_refusal(path: Path, module: str) -> str:
+    """The message for a fused qkv of unknown row order: both code lines, the options."""
+    name = module.rpartition("Attention.")[2]
+    return (
+        f"{path}: {module}.weight is a fused q/k/v projection, and the order of its rows is "
+        "in neither its name nor its shape: if your attention does "
+        f"`qkv = self.{name}(x).view(B, N, heads, 3 * d_k).transpose(1, 2); "
+        "q, k, v = qkv.chunk(3, dim=-1)` (the lab report's code) give --qkv-order per-head; "
+        f"if it does `q, k, v = self.{name}(x).chunk(3, dim=-1)` before splitting the heads "
+        "give --qkv-order qkv; or let a few of the lab's images decide with --qkv-evidence DIR "
+        "(qkv_order= / qkv_evidence= in Python)"
+    )
+
+
 def convert_transformer(
     state: dict[str, torch.Tensor],
     params: Mapping[str, Any],
@@ -451,8 +595,14 @@ def convert_transformer(
     heads: int | None = None,
     key_map: Mapping[str, str] | None = None,
     layer_norm_eps: float = LAB_LAYER_NORM_EPS,
+    qkv_order: str | None = None,
 ) -> tuple[TransformerConfig, dict[str, torch.Tensor], dict[str, int]]:
-    """The lab transformer's state dict -> (TransformerConfig, maskgit state, layouts)."""
+    """The lab transformer's state dict -> (TransformerConfig, maskgit state, layouts).
+
+    `qkv_order` ("per-head" or "qkv", QKV_ORDERS) is the row order of a fused qkv
+    projection; when one is found and it is None, `QkvOrderUnknown` is raised after every
+    other check passed.
+    """
     codes = _need(params, "num_codebook_vectors", config_path)
     tokens = _need(params, "num_image_tokens", config_path)
     dim = _need(params, "dim", config_path)
@@ -512,6 +662,7 @@ def convert_transformer(
             f"n_layers={depth}"
         )
     unknown: list[str] = []
+    undecided: list[str] = []
     layouts: dict[str, int] = {}
     for i in range(depth):
         p = f"blocks.{i}."
@@ -527,7 +678,9 @@ def convert_transformer(
             for k, v in state.items()
             if k.startswith(p + "Attention.")
         }  # noqa: E501
-        mapped, layout = _attention(attn, p + "Attention.", dim, key_map, path, unknown)
+        mapped, layout = _attention(
+            attn, p + "Attention.", dim, key_map, path, unknown, heads, qkv_order, undecided
+        )
         if mapped:
             out.update({f"{p}attn.{k}": v for k, v in mapped.items()})
             layouts[layout] = layouts.get(layout, 0) + 1
@@ -570,6 +723,8 @@ def convert_transformer(
         cfg.validate()
     except ConfigError as exc:
         raise LabImportError(f"{path}: {exc} (heads={heads}; set it with --heads)") from exc
+    if undecided:
+        raise QkvOrderUnknown(_order_refusal(path, undecided[0]))
     return cfg, out, layouts
 
 
@@ -595,6 +750,103 @@ def read_key_map(path: str | Path | None) -> dict[str, str]:
             name = name.split("Attention.", 1)[1]
         result[name.removesuffix(".weight").removesuffix(".bias")] = role
     return result
+
+
+# --------------------------------------------------------------------------- qkv row order
+
+
+def evidence_tokens(folder: str | Path, tokenizer: VQGAN) -> torch.Tensor:
+    """Token grids (B, N) of `folder`: a `maskgit tokenize` folder, or images tokenised by
+    `tokenizer` (resized to its image size); at most EVIDENCE_MAX_GRIDS."""
+    folder = Path(folder)
+    cfg = tokenizer.cfg
+    try:
+        if (folder / TOKENS_FILE).is_file():
+            grids = load_tokens(folder)[0][:EVIDENCE_MAX_GRIDS]
+        else:
+            images = load_folder(folder, cfg.image_size, progress=False)[0]
+            with torch.no_grad():
+                grids = tokenizer.encode(to_model_range(images[:EVIDENCE_MAX_GRIDS]))
+    except DataError as exc:
+        raise LabImportError(f"--qkv-evidence {exc}") from exc
+    tokens = grids.reshape(len(grids), -1).long()  # (B, N)
+    if not len(tokens) or tokens.shape[1] != cfg.token_grid**2:
+        raise LabImportError(
+            f"{folder}: {len(tokens)} token grids of {tokens.shape[1]} tokens, expected "
+            f"{cfg.token_grid}x{cfg.token_grid} grids (the VQGAN's)"
+        )
+    if tokens.min() < 0 or tokens.max() >= cfg.codebook_size:
+        raise LabImportError(
+            f"{folder}: token ids {int(tokens.min())}..{int(tokens.max())}, the VQGAN's codes "
+            f"are 0..{cfg.codebook_size - 1}"
+        )
+    return tokens
+
+
+def masked_token_losses(model: BidirectionalTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the masked tokens, (B * EVIDENCE_MASKS,): each grid of `tokens`
+    (B, N) under EVIDENCE_MASKS fixed random masks hiding half of its tokens."""
+    targets = tokens.repeat_interleave(EVIDENCE_MASKS, dim=0)  # (S, N)
+    gen = torch.Generator().manual_seed(0)
+    ranks = torch.rand(targets.shape, generator=gen).argsort(dim=1).argsort(dim=1)
+    masked = ranks < max(1, targets.shape[1] // 2)  # (S, N), True = hidden
+    losses = []
+    with torch.no_grad():
+        for rows in torch.arange(len(targets)).split(8):
+            inputs = apply_token_mask(targets[rows], masked[rows], model.cfg.codebook_size)
+            logits = model(inputs).float()  # (b, N, K)
+            ce = F.cross_entropy(logits.transpose(1, 2), targets[rows], reduction="none")
+            losses.append((ce * masked[rows]).sum(dim=1) / masked[rows].sum(dim=1))
+    return torch.cat(losses)
+
+
+def clearly_better(losses: Mapping[str, torch.Tensor]) -> str | None:
+    """The order whose per-sample losses (paired, same samples) are clearly lower: by
+    EVIDENCE_MIN_GAP of the higher mean and EVIDENCE_MIN_Z standard errors; else None."""
+    (a, loss_a), (b, loss_b) = losses.items()
+    diff = (loss_b - loss_a).double()  # > 0 where `a` is better
+    if len(diff) < 2:
+        return None
+    mean, error = diff.mean().abs(), diff.std() / len(diff) ** 0.5
+    higher = max(loss_a.mean(), loss_b.mean())
+    if mean < EVIDENCE_MIN_Z * error or mean < EVIDENCE_MIN_GAP * higher:
+        return None
+    return a if diff.mean() > 0 else b
+
+
+def _choose_order(
+    models: Mapping[str, BidirectionalTransformer],
+    qkv_order: str | None,
+    evidence: str | Path | None,
+    tokenizer: VQGAN,
+) -> OrderChoice:
+    """Which of `models` (keyed by order; "" alone when no order was needed) to keep."""
+    if "" in models:
+        return OrderChoice()
+    if evidence is None:
+        return OrderChoice(qkv_order, "--qkv-order")
+    tokens = evidence_tokens(evidence, tokenizer)
+    samples = {order: masked_token_losses(model, tokens) for order, model in models.items()}
+    losses = {order: round(float(loss.mean()), 4) for order, loss in samples.items()}
+    better = clearly_better(samples)
+    choice = OrderChoice(qkv_order or better or "", "", losses, len(tokens))
+    if qkv_order is not None:
+        if better not in (None, qkv_order):
+            raise LabImportError(
+                f"{evidence}: --qkv-order {qkv_order} contradicts the evidence, "
+                f"{choice.describe()}; check which line your attention has (leave out "
+                "--qkv-evidence to import it as stated)"
+            )
+        choice.decided_by = "--qkv-order"
+    elif better is None:
+        raise LabImportError(
+            f"{evidence}: {choice.describe()}: not clearly apart (the better order needs a "
+            f"loss {EVIDENCE_MIN_GAP:.0%} and {EVIDENCE_MIN_Z:g} standard errors lower); give "
+            "more of the lab's images, or state the order with --qkv-order per-head|qkv"
+        )
+    else:
+        choice.decided_by = f"evidence {evidence}"
+    return choice
 
 
 # --------------------------------------------------------------------------- the import
@@ -634,8 +886,19 @@ def import_lab(
     image_mean: tuple[float, ...] = LAB_IMAGE_MEAN,
     image_std: tuple[float, ...] = LAB_IMAGE_STD,
     layer_norm_eps: float = LAB_LAYER_NORM_EPS,
+    qkv_order: str | None = None,
+    qkv_evidence: str | Path | None = None,
 ) -> ImportReport:
-    """Convert the lab's files into a maskgit model folder `out` (written only on success)."""
+    """Convert the lab's files into a maskgit model folder `out` (written only on success).
+
+    A fused qkv projection needs its row order: `qkv_order` ("per-head": the lab report's
+    `.view(B, N, heads, 3 * d_k)` then `chunk(3, dim=-1)`; "qkv": `chunk(3, dim=-1)` before
+    the head split), or `qkv_evidence`, a folder of a few of the lab's images (or a
+    `maskgit tokenize` token folder) on which the order with the clearly lower masked-token
+    loss is taken. With both, a stated order the evidence clearly contradicts is refused.
+    """
+    if qkv_order not in (None, *QKV_ORDERS):
+        raise LabImportError(f"qkv_order={qkv_order!r}: expected one of {', '.join(QKV_ORDERS)}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LabImportError(f"{out}: already exists and is not empty; choose another --out")
@@ -666,9 +929,23 @@ def import_lab(
     tok_cfg, tok_state = convert_vqgan(
         vq_state, vq_params, vq_path, vqgan_config, image_mean, image_std
     )
-    tr_cfg, tr_out, layouts = convert_transformer(
-        tr_state, tr_params, transformer, transformer_config, heads, mapping, layer_norm_eps
-    )
+
+    def convert(order: str | None) -> tuple:
+        return convert_transformer(
+            tr_state, tr_params, transformer, transformer_config, heads, mapping,
+            layer_norm_eps, order,
+        )  # fmt: skip
+
+    try:
+        candidates = {"": convert(None)}  # "": no fused qkv of unknown row order
+        if qkv_order is not None:
+            convert(qkv_order)  # refuses per-head for nn.MultiheadAttention
+    except QkvOrderUnknown:
+        if qkv_order is None and qkv_evidence is None:
+            raise
+        orders = QKV_ORDERS if qkv_evidence is not None else (qkv_order,)
+        candidates = {order: convert(order) for order in orders}
+    tr_cfg = next(iter(candidates.values()))[0]
     if tok_cfg.codebook_size != tr_cfg.codebook_size:
         raise LabImportError(
             f"{vq_path}: codebook.embedding.weight has {tok_cfg.codebook_size} codes, but the "
@@ -682,7 +959,12 @@ def import_lab(
             f"{transformer_config})"
         )
     tokenizer = _build(VQGAN, tok_cfg, tok_state, vq_path)
-    model = _build(BidirectionalTransformer, tr_cfg, tr_out, transformer)
+    models = {
+        order: _build(BidirectionalTransformer, cfg, state, transformer)
+        for order, (cfg, state, _) in candidates.items()
+    }
+    choice = _choose_order(models, qkv_order, qkv_evidence, tokenizer)
+    model, layouts = models[choice.order], candidates[choice.order][2]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -708,6 +990,7 @@ def import_lab(
             "image_mean": list(image_mean),
             "image_std": list(image_std),
             "key_map": mapping,
+            "qkv_order": choice.record(),
         }
         atomic_write(tmp / "import.json", lambda t: t.write_text(json.dumps(record, indent=2)))
         for name in ("tokenizer", "transformer"):  # the written files load back
@@ -718,4 +1001,4 @@ def import_lab(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ImportReport(out, tok_cfg, tr_cfg, layouts, container, vq_source)
+    return ImportReport(out, tok_cfg, tr_cfg, layouts, container, vq_source, choice)
