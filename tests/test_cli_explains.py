@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,8 @@ def test_package_import_is_light_and_the_public_names_still_load():
     assert python(code) == "True MaskGIT True True"
     import maskgit
 
-    assert set(maskgit.__all__) <= set(dir(maskgit))
+    assert set(maskgit.__all__) == set(maskgit._HOMES) and set(maskgit.__all__) <= set(dir(maskgit))
+    assert all(getattr(maskgit, name) is not None for name in maskgit.__all__)
     with pytest.raises(AttributeError, match="no_such_name"):
         maskgit.no_such_name  # noqa: B018
 
@@ -268,3 +270,25 @@ def test_fid_warns_at_small_n(tmp_path, capsys):
     assert re.search(r"FID [\d.]+ \(lower is better\)", captured.out), captured.out
     assert re.search(r"KID [-\d.]+ \+- [\d.]+ \(lower is better\)", captured.out)
     assert "N = 4" in captured.err and "maskgit: warning:" in captured.err
+
+
+# --------------------------------------------------------------------------- install
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_every_install_step_says_what_it_installs(tmp_path):
+    """`make install` keeps pip quiet but prints one `== installing ... ==` line per step."""
+    done = subprocess.run(
+        ["make", "-n", "install", f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    installs = [i for i, line in enumerate(lines) if "pip install" in line]
+    assert len(installs) == 4  # pip, torch, the lock, maskgit itself
+    for i in installs:
+        assert "-q" in lines[i].split() and "== installing" in lines[i - 1], lines[i - 1 : i + 1]
+    assert any("torch 2.13.0" in line for line in lines)

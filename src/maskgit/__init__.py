@@ -43,7 +43,21 @@ if TYPE_CHECKING:  # for type checkers and editors: the names as if imported eag
     from maskgit.options import DEFAULT_DECODING, DecodingOptions
     from maskgit.pipeline import MaskGIT
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "DEFAULT_DECODING",
+    "CheckpointError",
+    "DecodingOptions",
+    "MaskGIT",
+    "ConfigError",
+    "Preset",
+    "TokenizerConfig",
+    "TrainingConfig",
+    "TransformerConfig",
+    "get_preset",
+    "load_config",
+    "load_model",
+    "save_model",
+]
 __version__ = "0.1.0"
 
 

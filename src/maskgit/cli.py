@@ -111,7 +111,11 @@ def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
         default=0,
         help="also save `latest` every N optimiser steps (default: each epoch)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (each epoch's validation line is still printed)",
+    )
 
 
 def _add_file_run(p: argparse.ArgumentParser) -> None:
@@ -645,8 +649,7 @@ def args_sweep(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["linear", "cosine", "square"],
         metavar="NAME",
-        help=f"mask schedules to sweep ({', '.join(SCHEDULE_NAMES)}; default linear cosine "
-        "square)",
+        help=f"mask schedules to sweep ({', '.join(SCHEDULE_NAMES)}; default linear cosine square)",
     )
     p.add_argument(
         "--steps",
