@@ -248,6 +248,7 @@ def test_no_progress_still_prints_each_epochs_validation(tmp_path, capsys):
 # --------------------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow  # Inception on the CPU: ~30 s alone, minutes on a busy machine
 @needs_inception
 def test_evaluate_says_which_way_is_better_and_warns_at_small_n(model_dir, tmp_path, capsys):
     images, masks = write_pairs(tmp_path, 6)
@@ -261,6 +262,7 @@ def test_evaluate_says_which_way_is_better_and_warns_at_small_n(model_dir, tmp_p
     assert len(warning) == 1 and "N = 6" in warning[0] and "100" in warning[0], captured.err
 
 
+@pytest.mark.slow  # Inception on the CPU: ~30 s alone, minutes on a busy machine
 @needs_inception
 def test_fid_warns_at_small_n(tmp_path, capsys):
     images, _ = write_pairs(tmp_path, 4)

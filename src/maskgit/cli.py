@@ -1014,7 +1014,7 @@ COMMANDS = (
         description="FID and KID between the images of two folders, from Inception's 2048 "
         "pool features (lower is better for both; 0: the same statistics). Both depend on N: "
         f"compare only numbers at equal N; under {SMALL_N} images a warning says FID is "
-        "unstable. Each folder's features are cached (--no-cache: recompute).",
+        "unstable. Each folder's statistics are cached (--no-cache: recompute).",
     ),
     Command(
         "evaluate",
