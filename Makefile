@@ -15,18 +15,24 @@ PIP_VERSION := 26.3
 
 .PHONY: install demo test lint browser inception lock lock-peers bench-peers versions clean
 
-# $(call venv_from_lock,VENV,LOCK): create VENV if needed and install LOCK into it, exactly
+# $(call venv_from_lock,VENV,LOCK): create VENV if needed and install LOCK into it, exactly.
+# pip runs quiet (-q); each step says in one line what it installs.
 define venv_from_lock
 	test -x $(1)/bin/python || python3 -m venv $(1)
 	$(1)/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11) and "$(2) is for Python >= 3.11; use python3.11 -m venv $(1)")'
+	@echo "== installing pip $(PIP_VERSION) into $(1) =="
 	$(1)/bin/python -m pip install -q pip==$(PIP_VERSION)
+	@echo "== installing torch 2.13.0 (the longest step: a ~200 MB CPU wheel, a CUDA build is several GB) =="
 	$(1)/bin/python -m pip install -q torch==2.13.0
+	@echo "== installing the $$(grep -c '==' $(2)) packages of $(2), hash-checked =="
 	$(1)/bin/python -m pip install -q --require-hashes --no-deps -r $(2)
+	@echo "== installing maskgit itself (editable) =="
 	$(1)/bin/python -m pip install -q --no-deps -e .
 endef
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(call venv_from_lock,$(VENV),requirements/lock.txt)
+	@echo "== checking the installed versions agree (pip check) =="
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -39,6 +45,7 @@ browser:
 	bash scripts/ensure_chromium.sh
 
 inception: install
+	@echo "== the FID Inception weights (~81 MB, fetched once into ~/.cache/maskgit) =="
 	PYTHON=$(abspath $(PY)) bash scripts/get_inception.sh
 
 lint: install
@@ -46,6 +53,7 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 test: install browser inception lint
+	@echo "== running the tests (pytest) =="
 	$(PY) -m pytest
 
 lock:

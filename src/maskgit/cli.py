@@ -20,9 +20,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskgit.options import DEFAULT_DECODING, DecodingOptions, option_help, option_names
+from maskgit.options import (
+    DEFAULT_DECODING,
+    SCHEDULE_NAMES,
+    DecodingOptions,
+    option_help,
+    option_names,
+)
 
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+# FID from fewer images than this gets a warning. FID is biased upwards by about k/N (Chong and
+# Forsyth 2020, "Effectively unbiased FID"; k depends on the model) and N images give 2048x2048
+# covariances of rank at most N-1. 100 is a round line: there the k/N bias is about 4x what it
+# is at the model card's N = 386, and which images were drawn moves the score too. KID is
+# unbiased but widely spread at small N (it can come out negative).
+SMALL_N = 100
+METRIC_DIRECTIONS = (
+    "lower is better: FID, KID, L1, s/img; higher is better: PSNR (dB), SSIM "
+    "(PSNR, SSIM and L1 inside the masks)"
+)
 
 
 # --------------------------------------------------------------------------- shared arguments
@@ -97,7 +113,11 @@ def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
         default=0,
         help="also save `latest` every N optimiser steps (default: each epoch)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (each epoch's validation line is still printed)",
+    )
 
 
 def _add_file_run(p: argparse.ArgumentParser) -> None:
@@ -153,6 +173,17 @@ def _guard_out(out: str, written: list[str], **inputs: str | None) -> None:
                 if child.suffix.lower() in IMAGE_SUFFIXES or child.suffix == ".safetensors"
             ]
     check_no_overwrite(out, written, files)
+
+
+def _warn_small_n(n: int) -> None:
+    """One warning line when FID/KID were computed from fewer than SMALL_N images."""
+    if n < SMALL_N:
+        print(
+            f"maskgit: warning: FID and KID from N = {n} images: under {SMALL_N} images FID is "
+            "biased upwards and unstable (another draw of images moves it, KID can come out "
+            "negative); compare only numbers at equal N, and use a few hundred images",
+            file=sys.stderr,
+        )
 
 
 def _eval_written(args: argparse.Namespace, names: list[str]) -> list[str]:
@@ -317,10 +348,11 @@ def cmd_fid(args: argparse.Namespace) -> int:
     fid = max(0.0, scores["fid"])  # a distance: tiny negative rounding errors print as 0.000
     kid = round(scores["kid_mean"], 5) + 0.0  # + 0.0: never "-0.00000"
     print(
-        f"FID {fid:.3f}  KID {kid:.5f} +- {scores['kid_std']:.5f}  "
-        f"N real {scores['n_real']}  N fake {scores['n_fake']}  "
+        f"FID {fid:.3f} (lower is better)  KID {kid:.5f} +- {scores['kid_std']:.5f} (lower is "
+        f"better)  N real {scores['n_real']}  N fake {scores['n_fake']}  "
         f"({time.perf_counter() - started:.1f} s)"
     )
+    _warn_small_n(min(scores["n_real"], scores["n_fake"]))
     return 0
 
 
@@ -359,7 +391,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         resize=args.resize,
     )
     print(markdown_table(rows), end="")
+    print(METRIC_DIRECTIONS)
     print(f"wrote {args.out}/results.json, results.csv and the images (N = {len(test.names)})")
+    _warn_small_n(len(test.names))
     return 0
 
 
@@ -389,10 +423,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         resize=args.resize,
     )
     print(markdown_table(rows), end="")
+    print(METRIC_DIRECTIONS)
     print(
         f"wrote {args.out}/sweep.csv, sweep.json, table.md, fid_vs_steps.png, "
         f"time_vs_steps.png (N = {len(test.names)})"
     )
+    _warn_small_n(len(test.names))
     return 0
 
 
@@ -474,7 +510,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise RuntimeError(
             f"the web demo needs FastAPI and uvicorn ({exc.name or exc} is not installed): "
-            "pip install 'maskgit[web]'"
+            "pip install 'maskgit-toolkit[web]' (from a clone: pip install -e '.[web]')"
         ) from exc
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0 to 65535")
@@ -540,10 +576,19 @@ def args_demo(p: argparse.ArgumentParser) -> None:
 def args_fid(p: argparse.ArgumentParser) -> None:
     p.add_argument("real", help="folder of reference images")
     p.add_argument("fake", help="folder of generated / inpainted images")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument(
+        "--batch-size", type=int, default=50, help="images per Inception batch (default 50)"
+    )
     _add_inception_options(p)
     p.add_argument("--no-cache", action="store_true", help="do not cache folder statistics")
-    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument(
+        "--kid-subset-size",
+        type=int,
+        default=1000,
+        metavar="M",
+        help="KID is averaged over 100 random subsets of M images from each folder (fewer "
+        "when a folder holds fewer; default 1000)",
+    )
 
 
 def _add_inception_options(p: argparse.ArgumentParser) -> None:
@@ -568,7 +613,11 @@ def _add_eval_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt", default=None, help="ground-truth folder (default: --images)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--mask-convention", default="white-repaint", choices=["white-repaint", "white-keep"]
+        "--mask-convention",
+        default="white-repaint",
+        choices=["white-repaint", "white-keep"],
+        help="what white means in the mask files: white-repaint (default; diffusers, LaMa) "
+        "or white-keep (the course lab)",
     )
     p.add_argument("--limit", type=int, default=0, help="use N evenly spaced images only")
     p.add_argument(
@@ -599,8 +648,21 @@ SWEPT = ("rule", "schedule", "steps", "sweet_spot", "seed")  # sweep's axes: lis
 def args_sweep(p: argparse.ArgumentParser) -> None:
     _add_eval_inputs(p)
     add_decoding_options(p, skip=SWEPT)
-    p.add_argument("--schedules", nargs="+", default=["linear", "cosine", "square"])
-    p.add_argument("--steps", nargs="+", type=int, default=[4, 8, 12, 16, 24])
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        default=["linear", "cosine", "square"],
+        metavar="NAME",
+        help=f"mask schedules to sweep ({', '.join(SCHEDULE_NAMES)}; default linear cosine square)",
+    )
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        type=int,
+        default=[4, 8, 12, 16, 24],
+        metavar="T",
+        help="numbers of decoding steps to sweep (default 4 8 12 16 24)",
+    )
     p.add_argument(
         "--sweet-spots",
         nargs="*",
@@ -616,13 +678,27 @@ def args_sweep(p: argparse.ArgumentParser) -> None:
         metavar="T",
         help="sweep the sweet spots at these steps only (default: at every T of --steps)",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="sampling seeds: each setting runs once per seed, the table shows the means "
+        "(default 0)",
+    )
     p.add_argument("--rules", nargs="+", default=["paper"], help="decoding rules: paper lab halton")
 
 
 def args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="lab-64", help="preset name or YAML file (default lab-64)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. transformer.depth=8 (repeatable)",
+    )
     p.add_argument("--verbose", action="store_true", help="also print the full config")
 
 
@@ -648,7 +724,9 @@ def args_tokenize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="output token folder")
     p.add_argument("--hflip", action="store_true", help="also store horizontally flipped copies")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="images per tokenizer batch (default 64)"
+    )
 
 
 def args_train(p: argparse.ArgumentParser) -> None:
@@ -920,7 +998,16 @@ class Command:
 
 
 COMMANDS = (
-    Command("demo", "inpaint bundled sample emoji with the embedded default", args_demo, cmd_demo),
+    Command(
+        "demo",
+        "inpaint bundled sample emoji with the embedded default",
+        args_demo,
+        cmd_demo,
+        description="Inpaint the bundled sample emoji (12 images with their masks) with the "
+        "embedded default model, or --model, offline; write OUT/<name>.png, the step pictures "
+        "in OUT/steps/ and OUT/overview.png (rows: masked input, result, original). Decoding: "
+        "the shipped model's best setting unless the flags below change it.",
+    ),
     Command(
         "inpaint",
         "repaint the masked part of images (files or folders paired by file name)",
@@ -950,15 +1037,36 @@ COMMANDS = (
         description="Generate N images (every token unknown at the start); image i uses "
         "seed + i and is written as OUT/sample_<i>.png.",
     ),
-    Command("fid", "FID and KID between two image folders", args_fid, cmd_fid),
+    Command(
+        "fid",
+        "FID and KID between two image folders",
+        args_fid,
+        cmd_fid,
+        description="FID and KID between the images of two folders, from Inception's 2048 "
+        "pool features (lower is better for both; 0: the same statistics). Both depend on N: "
+        f"compare only numbers at equal N; under {SMALL_N} images a warning says FID is "
+        "unstable. Each folder's statistics are cached (--no-cache: recompute).",
+    ),
     Command(
         "evaluate",
         "inpaint a test set and score it (FID, KID, PSNR...)",
         args_evaluate,
         cmd_evaluate,
+        description="Inpaint every image of --images through its mask (paired by file name) "
+        "and score the results against the ground truth (--gt, default the images): FID and "
+        "KID over whole images, PSNR (dB), SSIM and L1 inside the masks, seconds per image. "
+        "--baselines adds rows for classical fills and the tokenizer's ceiling. Writes "
+        "OUT/results.json, OUT/results.csv and the images, and prints a table.",
     ),
     Command(
-        "sweep", "schedules x steps x sweet spots x seeds -> CSV, plots", args_sweep, cmd_sweep
+        "sweep",
+        "schedules x steps x sweet spots x seeds -> CSV, plots",
+        args_sweep,
+        cmd_sweep,
+        description="Evaluate (as `maskgit evaluate`) every combination of --rules, "
+        "--schedules, --steps, --sweet-spots and --seeds on one test set; write "
+        "OUT/sweep.csv, sweep.json, table.md (means over seeds) and plots of FID and time "
+        "against the number of steps.",
     ),
     Command(
         "info",
@@ -966,6 +1074,9 @@ COMMANDS = (
         args_info,
         cmd_info,
         device=False,
+        description="Print a preset's (or YAML config's) tokenizer and transformer: sizes, "
+        "layers, codebook and parameter counts, after any --set overrides; --verbose adds "
+        "the whole config as YAML.",
     ),
     Command(
         "prepare-data",
@@ -973,21 +1084,47 @@ COMMANDS = (
         args_prepare_data,
         cmd_prepare_data,
         device=False,
+        description="Build an image data set from unpacked emoji-datasource-<vendor> npm "
+        "packages: every emoji at --size pixels on white, one PNG per emoji and vendor, split "
+        "by emoji into OUT/train, OUT/val and OUT/test (images and masks, white = repaint).",
     ),
     Command(
         "train-tokenizer",
         "train the VQGAN tokenizer on a folder of images",
         args_train_tokenizer,
         cmd_train_tokenizer,
+        description="Stage 1: train the VQGAN tokenizer (encoder, codebook, decoder) on the "
+        "images of --data, resized to the preset's size. A share of the images is held out "
+        "and scored after each epoch (a line `epoch N validation: ...`); OUT gets "
+        "tokenizer.safetensors, the best and per-epoch weights, metrics.csv, config.yaml "
+        "and latest.state.pt for --resume.",
     ),
-    Command("tokenize", "pre-tokenise a folder of images once", args_tokenize, cmd_tokenize),
-    Command("train", "train the transformer with the masked-token loss", args_train, cmd_train),
+    Command(
+        "tokenize",
+        "pre-tokenise a folder of images once",
+        args_tokenize,
+        cmd_tokenize,
+        description="Encode every image of --data with a trained tokenizer and store the "
+        "token grids in OUT, so that `maskgit train --tokens OUT` does not run the tokenizer "
+        "in every epoch.",
+    ),
+    Command(
+        "train",
+        "train the transformer with the masked-token loss",
+        args_train,
+        cmd_train,
+        description="Stage 2: train the bidirectional transformer to predict masked tokens "
+        "(the masked-token cross-entropy) on --tokens, or on --data tokenised on the fly with "
+        "--tokenizer. Validation after each epoch as in train-tokenizer; OUT gets "
+        "transformer.safetensors beside the tokenizer: a model folder for --model.",
+    ),
     Command(
         "serve",
         "start the local web demo: draw a mask, watch MaskGIT fill it step by step",
         args_serve,
         cmd_serve,
-        description="Serve a local web page (FastAPI; needs `pip install 'maskgit[web]'`) to "
+        description="Serve a local web page (FastAPI; needs `pip install "
+        "'maskgit-toolkit[web]'`, from a clone `pip install -e '.[web]'`) to "
         "inpaint an image through a painted mask, outpaint or generate images, showing every "
         "decoding step. Nothing is fetched from the internet.",
     ),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
 from maskgit.options import DEFAULT_DECODING, DecodingOptions
 from maskgit.pipeline import MaskGIT
@@ -27,18 +29,37 @@ def run_demo(
     options: DecodingOptions = DEFAULT_DECODING,
     device: str | None = None,
     quantize: str | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> list[Path]:
     """Inpaint every bundled sample; write results, step pictures and an overview to `out`.
 
     Decoding: `options`, by default DEFAULT_DECODING (the shipped model's best setting).
+    `log` receives one line per phase (loading, inpainting, writing); `progress` draws a
+    bar of the decoding steps on stderr.
     """
+    say = log or (lambda line: None)
     out = Path(out)
+    say(f"loading model {model_path or 'embedded default'} ...")
     model = MaskGIT.from_pretrained(model_path, device=device, quantize=quantize)
     size = model.image_size
     pairs = sample_pairs()
     images = [Image.fromarray(read_image(p, size)) for p, _ in pairs]
     masks = [mask_tensor(read_mask(m), size) for _, m in pairs]
-    result = model.inpaint(images, masks, options, return_steps=True)
+    say(f"inpainting {len(pairs)} sample emoji, {options.steps_to_run} decoding steps ...")
+    with tqdm(
+        total=options.steps_to_run, desc="decoding", unit="step", disable=not progress
+    ) as bar:
+        result = model.inpaint(
+            images,
+            masks,
+            options,
+            return_steps=True,
+            batch_size=len(images),  # one batch: the bar counts its steps
+            on_step=lambda _: bar.update(1),
+        )
+        bar.update(options.steps_to_run - bar.n)  # a decode ends early when nothing is left
+    say(f"writing pictures to {out} ...")
     written = []
     previews = []
     for (path, _), image, mask, filled, frames in zip(
@@ -64,7 +85,15 @@ def main(
 ) -> int:
     """CLI body: run the demo and say what was written and how long it took."""
     started = time.perf_counter()
-    written = run_demo(out, model_path, options, device, quantize)
+    written = run_demo(
+        out,
+        model_path,
+        options,
+        device,
+        quantize,
+        log=lambda line: print(line, flush=True),
+        progress=True,
+    )
     elapsed = time.perf_counter() - started
     results = [p for p in written if p.parent == Path(out) and p.name != "overview.png"]
     print(

@@ -46,7 +46,8 @@ def _biharmonic(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         from skimage.restoration import inpaint_biharmonic
     except ImportError as exc:
         raise ImportError(
-            "the biharmonic baseline needs scikit-image: pip install 'maskgit[baselines]'"
+            "the biharmonic baseline needs scikit-image: pip install "
+            "'maskgit-toolkit[baselines]' (from a clone: pip install -e '.[baselines]')"
         ) from exc
     return (inpaint_biharmonic(image, mask, channel_axis=-1) * 255).round()
 

@@ -213,11 +213,18 @@ def _write_batches(
 ) -> list[Path]:
     """Decode uint8 images (3, H, W) with bool masks (H, W) by batches; write `<name>.png`.
 
+    The progress bar counts decoding steps (batches x steps), so a single batch moves too.
+
     Image i uses options.seed + i, so results do not depend on `batch_size`.
     """
     written: list[Path] = []
-    for start in tqdm(range(0, len(names), batch_size), desc=desc, disable=not progress):
+    starts = range(0, len(names), batch_size)
+    steps = options.steps_to_run
+    bar = tqdm(total=len(starts) * steps, desc=desc, unit="step", disable=not progress)
+    for number, start in enumerate(starts):
         end = min(start + batch_size, len(names))
+        if len(starts) > 1:
+            bar.set_postfix_str(f"batch {number + 1}/{len(starts)}")
         result = model.inpaint(
             images[start:end],
             masks[start:end],
@@ -226,7 +233,9 @@ def _write_batches(
             return_steps=save_steps,
             batch_size=end - start,
             feather=feather,
+            on_step=(lambda _: bar.update(1)) if progress else None,
         )
+        bar.update((number + 1) * steps - bar.n)  # a decode ends early when nothing is left
         for offset, image in enumerate(result.images):
             index = start + offset
             written.append(save_png(image, out / f"{names[index]}.png"))
@@ -240,6 +249,7 @@ def _write_batches(
                     ground_truths[index] if ground_truths else None,
                     start_mask=result.token_masks[offset],
                 )
+    bar.close()
     return written
 
 

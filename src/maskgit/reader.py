@@ -1,4 +1,5 @@
-"""One reader for images and masks: files, PIL images, NumPy arrays, torch tensors.
+"""One reader for images and masks: files (paths: str or os.PathLike), PIL images, NumPy
+arrays, torch tensors.
 
 Used by the pipeline, `inpaint_files`, evaluate, the demo and the web app, so an input means
 the same thing whichever way it comes in.
@@ -26,6 +27,7 @@ Resizing a mask: a pixel is repainted when any part of it is (a thin stroke neve
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -41,7 +43,7 @@ UINT8_MAX = 255
 # PIL modes of 16-bit files (Pillow reads a 16-bit grey PNG as I;16, some TIFFs as I)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-ImageLike = Image.Image | np.ndarray | torch.Tensor
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
 class DataError(ValueError):
@@ -100,7 +102,9 @@ def read_mask(path: str | Path, convention: str = "white-repaint") -> torch.Tens
 
 
 def _array_of(item: ImageLike, what: str) -> np.ndarray:
-    """PIL / NumPy / torch -> NumPy (H, W) or (H, W, C), values not yet scaled."""
+    """path / PIL / NumPy / torch -> NumPy (H, W) or (H, W, C), values not yet scaled."""
+    if isinstance(item, (str, os.PathLike)):
+        item = open_image(item)  # errors name the file
     if isinstance(item, Image.Image):
         if item.mode in SIXTEEN_BIT_MODES:
             array = np.asarray(item)

@@ -597,14 +597,15 @@ def _run_epoch(run: Run, train_set, progress: bool, checkpoint_steps: int, undo:
     return pos.batch >= len(batches)
 
 
-def _end_epoch(run: Run, val_set, progress: bool) -> dict[str, float]:
-    """Validate, then write the epoch's files and `latest` saying the epoch is done."""
+def _end_epoch(run: Run, val_set) -> dict[str, float]:
+    """Validate (one line `epoch N validation: ...`, with or without progress bars), then
+    write the epoch's files and `latest` saying the epoch is done."""
     epoch = run.position.epoch
     # interrupted during validation, `latest` still says "end of epoch, not validated"
     val_metrics = _validate(run.task, run.ema, val_set, run.cfg, run.device, run.autocast, run.ddp)
     if val_metrics:
         run.log.write(run.position.step, epoch, "val", val_metrics)
-        if run.ddp.main and progress:
+        if run.ddp.main:
             tqdm.write(
                 f"epoch {epoch + 1} validation: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
@@ -671,6 +672,7 @@ def fit(
     """Train `task` on `train_set`; returns the last validation metrics.
 
     Everything is checked (and `latest` loaded with `resume`) before anything is written.
+    `progress` False hides the progress bars only: each epoch's validation line is printed.
     `checkpoint_steps` > 0 also saves `latest` every that many optimiser steps;
     `on_epoch_end(task, ema, epoch, out)` runs on rank 0 after each epoch's files;
     `prepare(out)` runs on rank 0 once the checks passed, before the first file is written
@@ -697,7 +699,7 @@ def fit(
             if not _run_epoch(run, train_set, progress, checkpoint_steps, undo):
                 run.save()  # stopped by max_steps mid-epoch
                 break
-            val_metrics = _end_epoch(run, val_set, progress)
+            val_metrics = _end_epoch(run, val_set)
             if on_epoch_end is not None and run.ddp.main:
                 on_epoch_end(task, run.ema, run.position.epoch, run.out)
     except KeyboardInterrupt:
