@@ -446,7 +446,7 @@ def test_unreadable_images_in_a_training_folder_are_skipped_and_named(files, tmp
     assert images.shape == (12, 3, 16, 16)
     assert len(caught) == 1, [str(w.message) for w in caught]
     message = str(caught[0].message)
-    assert f"skipped {len(bad)} of {len(bad) + 12}" in message, message
+    assert f"skipped {len(bad)} unreadable image(s) of {len(bad) + 12}: " in message, message
     assert all(name in message for name in bad[:3]) and "2 more" in message, message
 
     # the run goes on with the readable images and says what it skipped, in one line

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -90,11 +90,11 @@ class _RecordingWriter:
     it with `[enforce fail at inline_container.cc] unexpected pos`, which names no file nor
     the reason (a full disk)."""
 
-    def __init__(self, handle):
+    def __init__(self, handle: BinaryIO):
         self.handle = handle
         self.error: OSError | None = None
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             return self.handle.write(data)
         except OSError as exc:

@@ -75,8 +75,8 @@ def load_folder(
             f" and {len(bad) - SKIPPED_NAMES_SHOWN} more" if len(bad) > SKIPPED_NAMES_SHOWN else ""
         )
         warnings.warn(
-            f"{folder}: skipped {len(bad)} of {len(paths)} image files that could not be read: "
-            f"{shown}{more} (first: {bad[0][1]})",
+            f"{folder}: skipped {len(bad)} unreadable image(s) of {len(paths)}: {shown}{more} "
+            f"(first: {bad[0][1]})",
             stacklevel=2,
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
