@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -411,6 +412,36 @@ def test_model_and_state_writers_name_the_file_on_a_failed_write(tmp_path):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 3, name
         assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_ctrl_c_during_save_state_is_still_a_keyboard_interrupt(tmp_path):
+    """save_state writes through a Python file object (to keep the OSError of a full disk),
+    so a Ctrl-C can land inside torch.save: it must stay a KeyboardInterrupt (the training
+    loop saves on it), not become torch's `unexpected pos` RuntimeError."""
+    path = tmp_path / STATE_FILE
+    save_state({"step": 1}, path)
+    before = digest(path)
+    state = {"big": torch.zeros(64 * 2**20 // 4)}  # 64 MB: many writes, tens of milliseconds
+
+    def interrupt_once_writing() -> None:  # once torch.save has written its first bytes
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(tmp.stat().st_size for tmp in tmp_path.glob(f".{STATE_FILE}.*.tmp")):
+                break
+            time.sleep(0.0002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    thread = threading.Thread(target=interrupt_once_writing)
+    try:
+        thread.start()
+        with pytest.raises(KeyboardInterrupt):
+            save_state(state, path)
+            time.sleep(5)  # (the signal came after the save: it lands here)
+    finally:
+        thread.join()
+        signal.signal(signal.SIGINT, previous)
+    assert digest(path) == before and sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
 
 
 # --------------------------------------------------------------------------- 14b: bad images

@@ -86,18 +86,18 @@ def _naming_failed_write(path: str | Path) -> Iterator[None]:
 
 
 class _RecordingWriter:
-    """A binary file for torch.save that keeps the OSError of a failed write: torch replaces
-    it with `[enforce fail at inline_container.cc] unexpected pos`, which names no file nor
-    the reason (a full disk)."""
+    """A binary file for torch.save that keeps the exception of a failed write: torch replaces
+    any (an OSError of a full disk, the KeyboardInterrupt of a Ctrl-C landing in this Python
+    method) with `[enforce fail at inline_container.cc] unexpected pos`."""
 
     def __init__(self, handle: BinaryIO):
         self.handle = handle
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
         try:
             return self.handle.write(data)
-        except OSError as exc:
+        except BaseException as exc:
             self.error = exc
             raise
 
