@@ -4,7 +4,7 @@
 # (data/emoji-mix from `maskgit prepare-data emoji`, docs/model-card.md; Twitter held out).
 # Usage: bash scripts/train_default.sh [RUN_ROOT] [INIT_FROM]
 # Each stage resumes its run folder when it is there (--resume), so the script can be rerun
-# after an interruption. Wall times go to RUN_ROOT/times.txt.
+# after an interruption (a folder killed before its first `latest` starts afresh: --overwrite). Wall times go to RUN_ROOT/times.txt.
 set -euo pipefail
 RUN=${1:-runs/v3-leg2}
 INIT=${2:-src/maskgit/weights/emoji-demo}
@@ -18,7 +18,7 @@ stage() {  # stage NAME COMMAND...: run it and record its wall time
   "$@"
   echo "$name $((SECONDS - started)) s" >> "$RUN/times.txt"
 }
-resume_flag() { [ -f "$1/latest.state.pt" ] && echo --resume || true; }
+resume_flag() { [ -f "$1/latest.state.pt" ] && echo --resume || echo --overwrite; }
 done_stage() { grep -q "^$1 " "$RUN/times.txt" 2>/dev/null; }
 
 if ! done_stage tokenizer; then

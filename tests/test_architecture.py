@@ -25,6 +25,7 @@ LAYERS = {
     "transformer": 1,
     "masking": 1,
     "data": 1,
+    "run_folder": 1,
     "visualize": 1,
     "fid": 1,
     # decoding (model-free) and checkpoints

@@ -318,8 +318,12 @@ def test_resume_with_another_preset(files, trained_run, capsys):
     state = trained_run / "latest.state.pt"
     before = state.read_bytes()
     result = train(capsys, files, trained_run, "--resume", "--set", "transformer.dim=64")
-    assert_error(result, 2, state, "does not fit this run")
+    assert_error(result, 2, trained_run / "config.yaml", "transformer.dim 32 -> 64")  # (#29.7)
     assert state.read_bytes() == before  # nothing overwritten
+    (trained_run / "config.yaml").unlink()  # no record of the run's config: the state says it
+    result = train(capsys, files, trained_run, "--resume", "--set", "transformer.dim=64")
+    assert_error(result, 2, state, "does not fit this run")
+    assert state.read_bytes() == before
 
 
 def test_resume_from_truncated_state(files, trained_run, capsys):

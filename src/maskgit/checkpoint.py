@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -60,7 +63,46 @@ def save_model(
             tensor = tensor.to(dtype)
         state[name] = tensor.contiguous()
     metadata = {"kind": _kind_of(model), "config": json.dumps(to_dict(model.cfg)), **(extra or {})}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    with _naming_failed_write(path):
+        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
+@contextmanager
+def _naming_failed_write(path: str | Path) -> Iterator[None]:
+    """A failed write (a full disk: ENOSPC, a file-size limit: EFBIG) raises an OSError naming
+    `path`, not atomic_write's temporary file; the OSError inside safetensors' own error (it
+    only says `os error 28` in its text) is recovered."""
+    try:
+        yield
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+class _RecordingWriter:
+    """A binary file for torch.save that keeps the exception of a failed write: torch replaces
+    any (an OSError of a full disk, the KeyboardInterrupt of a Ctrl-C landing in this Python
+    method) with `[enforce fail at inline_container.cc] unexpected pos`."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle = handle
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -124,8 +166,21 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | P
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
-    """Write a training-state dict (tensors, numbers, strings, lists) atomically."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write a training-state dict (tensors, numbers, strings, lists) atomically; a failed
+    write raises an OSError naming `path` (e.g. `No space left on device`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            writer = _RecordingWriter(handle)
+            try:
+                torch.save(state, writer)
+            except RuntimeError as exc:
+                if writer.error is None:
+                    raise
+                raise writer.error from exc
+
+    with _naming_failed_write(path):
+        atomic_write(path, write)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -83,6 +83,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
+    from maskgit.run_folder import RESUME_SAFE_KEYS
+
     p.add_argument(
         "--config",
         default="emoji-demo",
@@ -99,7 +101,20 @@ def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
         metavar="KEY=VALUE",
         help=f"override a config value, e.g. {stage}_training.lr=1e-4 (repeatable)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/latest.state.pt")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from OUT/latest.state.pt; the config must be the run's "
+        f"(e.g. --config OUT/config.yaml) but for {stage}_training."
+        f"{{{','.join(RESUME_SAFE_KEYS)}}}",
+    )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in OUT even though it holds one: that run's files "
+        "(latest.state.pt, config.yaml, metrics.csv, the model files) are deleted first",
+    )
     p.add_argument(
         "--init-from",
         metavar="PATH",
@@ -253,13 +268,19 @@ TRAINING_FILES = [  # what a training run writes into its folder (besides epoch/
 ]
 
 
-def _training_run(args: argparse.Namespace, stage: str) -> dict:
+def _training_run(args: argparse.Namespace, stage: str, preset) -> dict:
+    """The training options of `args`, once the run folder is known to be free for them (a
+    run there is refused without --resume or --overwrite, before any data is read)."""
+    from maskgit.run_folder import check_run_folder
+
+    check_run_folder(args.out, stage, preset=preset, resume=args.resume, overwrite=args.overwrite)
     init_from = args.init_from and Path(args.init_from)
     if init_from is not None and init_from.is_dir():
         init_from = init_from / f"{stage}.safetensors"
     return {
         "init_from": init_from,
         "resume": args.resume,
+        "overwrite": args.overwrite,
         "device": args.device,
         "progress": not args.no_progress,
         "checkpoint_steps": args.checkpoint_steps,
@@ -273,11 +294,12 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
     preset = load_config(args.config, args.overrides)
     _guard_out(args.out, TRAINING_FILES, data=args.data)
+    options = _training_run(args, "tokenizer", preset)
     images, names = load_folder(
         args.data, preset.tokenizer.image_size, progress=not args.no_progress
     )
     print(f"training tokenizer on {len(images)} images from {args.data} -> {args.out}")
-    metrics = train_tokenizer(preset, images, names, args.out, **_training_run(args, "tokenizer"))
+    metrics = train_tokenizer(preset, images, names, args.out, **options)
     print(f"done: {args.out}/tokenizer.safetensors; validation {metrics}")
     return 0
 
@@ -306,6 +328,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset = load_config(args.config, args.overrides)
     _guard_out(args.out, TRAINING_FILES, data=args.data, tokens=args.tokens)
+    options = _training_run(args, "transformer", preset)
     tokens, names, tokenizer = tokens_for_training(
         preset,
         args.tokens,
@@ -316,9 +339,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(f"training transformer on {len(tokens)} token grids -> {args.out}")
-    metrics = train_transformer(
-        preset, tokens, names, args.out, tokenizer=tokenizer, **_training_run(args, "transformer")
-    )
+    metrics = train_transformer(preset, tokens, names, args.out, tokenizer=tokenizer, **options)
     print(f"done: {args.out}/transformer.safetensors; validation {metrics}")
     return 0
 

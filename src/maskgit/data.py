@@ -27,6 +27,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (a 6324 x 6324 image)
 TOKENS_FILE = "tokens.safetensors"
 INDEX_FILE = "index.txt"
+SKIPPED_NAMES_SHOWN = 3  # unreadable files named in load_folder's warning
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -51,7 +52,9 @@ def load_folder(
 ) -> tuple[torch.Tensor, list[str]]:
     """All readable images of a folder as uint8 (N, 3, size, size) plus their file names.
 
-    Unreadable files are skipped and counted in one warning; none readable is an error.
+    Unreadable files (empty, truncated, corrupt, or read by PIL but not an image the reader
+    takes, e.g. a float TIFF of 0..255) are skipped and counted in one warning naming the
+    first few; none readable is an error naming the first file and why.
     """
     paths = list_images(folder)
     arrays, names, bad = [], [], []
@@ -59,15 +62,22 @@ def load_folder(
         try:
             arrays.append(load_image(path, size))
             names.append(path.name)
-        except DataError as exc:
-            bad.append((path.name, exc))
+        except Exception as exc:  # decoders of arbitrary files raise many types: the file's fault
+            reason = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+            bad.append((path.name, reason))
     if not arrays:  # one error naming the first file and why (no warning line before it)
         raise DataError(
             f"{folder}: none of the {len(paths)} image files could be read, e.g. {bad[0][1]}"
         )
     if bad:
+        shown = ", ".join(name for name, _ in bad[:SKIPPED_NAMES_SHOWN])
+        more = (
+            f" and {len(bad) - SKIPPED_NAMES_SHOWN} more" if len(bad) > SKIPPED_NAMES_SHOWN else ""
+        )
         warnings.warn(
-            f"{folder}: skipped {len(bad)} unreadable image(s), e.g. {bad[0][0]}", stacklevel=2
+            f"{folder}: skipped {len(bad)} unreadable image(s) of {len(paths)}: {shown}{more} "
+            f"(first: {bad[0][1]})",
+            stacklevel=2,
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, names

@@ -13,6 +13,12 @@ Run folder:
     <name>-best.safetensors   lowest validation loss so far
     <name>-epochNNN.safetensors
     metrics.csv               one row per logged step and per validation
+    .lock                     while a run trains: its advisory lock (fcntl.flock) and pid
+
+One run per folder: a new run refuses a folder that holds one (`--resume` continues it,
+`overwrite=True` deletes it first), a second process refuses a folder whose lock is held, and
+`--resume` refuses a config that changes what the saved run means (RESUME_SAFE_KEYS may
+change). SIGTERM stops a run as Ctrl-C does: `latest` is saved.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +63,13 @@ from maskgit.masking import (
     random_token_mask,
     region_token_mask,
 )
+from maskgit.run_folder import (
+    CONFIG_FILE,
+    STATE_FILE,
+    RunLock,
+    check_run_folder,
+    clear_run,
+)
 from maskgit.schedule import validate_schedule
 from maskgit.tokenizer.losses import (
     PerceptualLoss,
@@ -68,11 +82,24 @@ from maskgit.tokenizer.model import VQGAN, Discriminator
 from maskgit.transformer import BidirectionalTransformer
 from maskgit.visualize import save_grid, to_pil
 
-STATE_FILE = "latest.state.pt"
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)  # both stop a run after saving `latest`
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, bad batch size); the message says why."""
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write of a run's file (a full disk, a file-size limit) stops training with one
+    line naming the file and the reason; atomic writes leave the previous version in place."""
+    try:
+        yield
+    except OSError as exc:
+        raise TrainingError(
+            f"{path}: cannot write ({exc.strerror or exc}): training stopped; the files saved "
+            "before were left as they were"
+        ) from exc
 
 
 @dataclass
@@ -308,7 +335,7 @@ class CsvLog:
         if not self.enabled:
             return
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as handle:
+        with _writing(self.path), open(self.path, "a", newline="") as handle:
             writer = csv.writer(handle)
             if new:
                 writer.writerow(["step", "epoch", "split", "metric", "value"])
@@ -349,24 +376,45 @@ def _restore_buffers(task: TrainTask, saved: dict[str, dict[str, torch.Tensor]])
 
 
 @contextmanager
-def _hold_sigint():
-    """Delay Ctrl-C (SIGINT) to the end of the block, so that the Ctrl-C handler never saves
-    a half-applied update (weights stepped but the position not, half the epoch-end files).
-    Only in the main thread (the only one that receives signals)."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
+def _hold_interrupts() -> Iterator[None]:
+    """Delay Ctrl-C (SIGINT) and SIGTERM to the end of the block, so that the interrupt
+    handler never saves a half-applied update (weights stepped but the position not, half the
+    epoch-end files). Only in the main thread (the only one that receives signals)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {signum: signal.getsignal(signum) for signum in INTERRUPTS}
+    held = [signum for signum, handler in previous.items() if handler is not None]
     received: list = []
-    signal.signal(signal.SIGINT, lambda *sig: received.append(sig))
+    for signum in held:
+        signal.signal(signum, lambda *sig: received.append(sig))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])  # the default handler raises KeyboardInterrupt here
-        elif received and previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
+        for signum in held:
+            signal.signal(signum, previous[signum])
+        if received:
+            signum = received[0][0]
+            if callable(previous[signum]):
+                previous[signum](*received[0])  # the default handler raises KeyboardInterrupt
+            elif previous[signum] == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (sent by `timeout`, `docker stop`, job schedulers, torchrun) raises
+    KeyboardInterrupt as Ctrl-C does, so the run saves `latest` and says how to resume.
+    Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @torch.no_grad()
@@ -441,13 +489,15 @@ class Run:
             "position": self.position.as_dict(),
             "log_rows": self.log.rows if self.log is not None else 0,
         }
-        save_state(state, self.state_path)
+        with _writing(self.state_path):
+            save_state(state, self.state_path)
         self.save_model(f"{self.task.name}.safetensors")
         if tag:
             self.save_model(f"{self.task.name}-{tag}.safetensors")
 
     def save_model(self, name: str) -> None:
-        save_model(self.shipped(), self.out / name, extra=self.metadata)
+        with _writing(self.out / name):
+            save_model(self.shipped(), self.out / name, extra=self.metadata)
 
 
 def _micro_batch(cfg: TrainingConfig, ddp: Distributed, items: int) -> int:
@@ -515,7 +565,8 @@ def warm_start(model: nn.Module, path: str | Path) -> None:
 
 
 def _prepare_folder(out: Path, preset: Preset | None) -> None:
-    """The run folder, without stale temp files, with config.yaml (rank 0, after the checks)."""
+    """The run folder without stale temp files, with config.yaml (rank 0, after the checks,
+    with the folder locked)."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # temp files of writes cut short by a kill
         if stale.name.startswith(
@@ -524,7 +575,8 @@ def _prepare_folder(out: Path, preset: Preset | None) -> None:
             stale.unlink(missing_ok=True)
     if preset is not None:
         text = yaml.safe_dump(to_dict(preset), sort_keys=False)
-        atomic_write(out / "config.yaml", lambda tmp: tmp.write_text(text))
+        with _writing(out / CONFIG_FILE):
+            atomic_write(out / CONFIG_FILE, lambda tmp: tmp.write_text(text))
 
 
 def _wrap_nets(task: TrainTask, ddp: Distributed, compile_nets: bool) -> None:
@@ -537,7 +589,7 @@ def _wrap_nets(task: TrainTask, ddp: Distributed, compile_nets: bool) -> None:
 def _apply_update(run: Run, metrics: dict[str, float], index: int, undo: list) -> None:
     """optimizer.step(), EMA, the task's after-step hook and the position: all or nothing
     (Ctrl-C is held until the end; then `undo` is already cleared: the step is done)."""
-    with _hold_sigint():
+    with _hold_interrupts():
         run.optimizer.step()
         if run.ema is not None:
             _ema_update(run.ema, run.task.model(), run.cfg.ema_decay)
@@ -610,7 +662,7 @@ def _end_epoch(run: Run, val_set) -> dict[str, float]:
                 f"epoch {epoch + 1} validation: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items())
             )
-    with _hold_sigint():  # the epoch's files, then `latest` saying the epoch is done
+    with _hold_interrupts():  # the epoch's files, then `latest` saying the epoch is done
         run.position.epoch, run.position.batch = epoch + 1, 0
         if val_metrics and val_metrics["loss"] < run.position.best:
             run.position.best = val_metrics["loss"]
@@ -661,6 +713,7 @@ def fit(
     *,
     preset: Preset | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
     on_epoch_end: Any = None,
@@ -673,6 +726,11 @@ def fit(
 
     Everything is checked (and `latest` loaded with `resume`) before anything is written.
     `progress` False hides the progress bars only: each epoch's validation line is printed.
+    The run folder (`maskgit.run_folder.check_run_folder`): a folder holding a run is refused
+    unless `resume` continues it or `overwrite` deletes its files first; another process
+    training into it is refused; `resume` refuses a `preset` that changes what the saved run
+    means. The folder is locked while the run trains. SIGTERM stops it as Ctrl-C does:
+    `latest` is saved, then KeyboardInterrupt propagates.
     `checkpoint_steps` > 0 also saves `latest` every that many optimiser steps;
     `on_epoch_end(task, ema, epoch, out)` runs on rank 0 after each epoch's files;
     `prepare(out)` runs on rank 0 once the checks passed, before the first file is written
@@ -680,15 +738,38 @@ def fit(
     `init_from` (a model file of the same config) warm-starts the model's weights (and EMA)
     with a fresh optimiser at step 0; it is ignored when resuming (`latest` has the weights).
     """
+    out = Path(out)
+    changes = check_run_folder(out, task.name, preset=preset, resume=resume, overwrite=overwrite)
     if init_from is not None and not resume:
         warm_start(task.model(), init_from)
-    run = _start(task, train_set, cfg, Path(out), device)
+    run = _start(task, train_set, cfg, out, device)
     run.metadata = dict(metadata or {})
     log_rows = _resume(run) if resume else None
-    if run.ddp.main:  # only once the run can start (checks passed, `latest` loaded)
-        _prepare_folder(run.out, preset)
-        if prepare is not None:
-            prepare(run.out)
+    lock = RunLock(out)
+    try:
+        if run.ddp.main:  # only once the run can start (checks passed, `latest` loaded)
+            lock.acquire()
+            if overwrite:
+                clear_run(out, task.name)
+            _prepare_folder(out, preset)
+            if prepare is not None:
+                prepare(out)
+            if changes:
+                tqdm.write(
+                    f"resuming with {', '.join(changes)} (allowed on --resume); the learning "
+                    f"rate's schedule now ends at step {run.total_steps}"
+                )
+        with _sigterm_as_ctrl_c():
+            return _train(
+                run, train_set, val_set, progress, on_epoch_end, checkpoint_steps, log_rows
+            )
+    finally:
+        lock.release()
+
+
+def _train(run: Run, train_set, val_set, progress, on_epoch_end, checkpoint_steps, log_rows):
+    """The epochs of a started run; on Ctrl-C (or SIGTERM) save `latest`, say so, re-raise."""
+    task, cfg = run.task, run.cfg
     _wrap_nets(task, run.ddp, cfg.compile)
     run.log = CsvLog(run.out, run.ddp.main)
     run.log.keep_first(log_rows)
@@ -831,6 +912,7 @@ def train_tokenizer(
     progress: bool = True,
     checkpoint_steps: int = 0,
     init_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Train the VQGAN of `preset` on uint8 images (N, 3, H, W); writes to run folder `out`.
 
@@ -851,6 +933,7 @@ def train_tokenizer(
         out,
         preset=preset,
         resume=resume,
+        overwrite=overwrite,
         device=device,
         progress=progress,
         on_epoch_end=hook,
@@ -870,6 +953,7 @@ def train_transformer(
     checkpoint_steps: int = 0,
     tokenizer: str | Path | None = None,
     init_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, float]:
     """Train the transformer of `preset` on token grids (N, h, w); writes to run folder `out`.
 
@@ -908,6 +992,7 @@ def train_transformer(
         out,
         preset=preset,
         resume=resume,
+        overwrite=overwrite,
         device=device,
         progress=progress,
         checkpoint_steps=checkpoint_steps,
