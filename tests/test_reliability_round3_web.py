@@ -141,7 +141,7 @@ def test_demo_reruns_over_its_own_outputs_only(model_dir, tmp_path, monkeypatch,
     assert run_demo_cli(model_dir) == 0  # the default folder, as `make demo` runs it
     assert run_demo_cli(model_dir) == 0  # again: its own outputs are replaced
     out = tmp_path / "maskgit-demo"
-    assert (out / "overview.png").is_file()
+    assert set(digests(out)) == {*demo_module.demo_outputs(), demo_module.MANIFEST}
     capsys.readouterr()
     (out / "overview.png").write_bytes(b"edited by the user since")
     assert run_demo_cli(model_dir) == 2

@@ -16,14 +16,20 @@ from pathlib import Path
 from PIL import Image
 
 from maskgit.fileio import atomic_write
-from maskgit.inpaint_files import STEPS_FOLDER, _written
 from maskgit.options import DEFAULT_DECODING, DecodingOptions
 from maskgit.pipeline import MaskGIT
 from maskgit.reader import mask_tensor, read_image, read_mask
-from maskgit.visualize import image_grid, masked_preview, save_png, save_step_visuals
+from maskgit.visualize import (
+    STEP_VISUALS,
+    image_grid,
+    masked_preview,
+    save_png,
+    save_step_visuals,
+)
 
 PACKAGE_DIR = Path(__file__).parent
 SAMPLES_DIR = PACKAGE_DIR / "samples"
+STEPS_FOLDER = "steps"  # the step pictures: <out>/steps/<name>_tokens.png, ...
 MANIFEST = ".maskgit-demo.json"  # {"files": {path relative to out: sha256}} of the demo's files
 
 
@@ -35,7 +41,11 @@ def sample_pairs() -> list[tuple[Path, Path]]:
 
 def demo_outputs() -> list[str]:
     """The files (relative to the output folder) the demo writes."""
-    return [*_written([image.stem for image, _ in sample_pairs()], True), "overview.png"]
+    names = [image.name for image, _ in sample_pairs()]
+    steps = [
+        f"{STEPS_FOLDER}/{Path(name).stem}{suffix}" for name in names for suffix in STEP_VISUALS
+    ]
+    return [*names, *steps, "overview.png"]
 
 
 def _digest(path: Path) -> str:
