@@ -12,6 +12,7 @@ PACKAGE = Path(maskgit.__file__).parent
 LAYERS = {
     # below everything: the decoding options (no torch either)
     "options": -1,
+    "phases": -1,
     # bottom: pure functions, nothing of the package but the options
     "config": 0,
     "schedule": 0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import threading
@@ -69,9 +68,12 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def from_data_url(url: str) -> np.ndarray:
-    assert url.startswith("data:image/png;base64,")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+def result_png(base: str, url: str) -> np.ndarray:
+    """A result picture: served as PNG at its own URL (under /api/jobs/<id>/files/)."""
+    assert url.startswith("/api/jobs/"), url[:40]
+    with urllib.request.urlopen(base + url, timeout=60) as response:
+        assert response.headers["Content-Type"] == "image/png"
+        return np.asarray(Image.open(io.BytesIO(response.read())))
 
 
 def make_image(size: int = 24) -> np.ndarray:
@@ -166,28 +168,29 @@ def test_inpaint_end_to_end(base):
     result = job["result"]
     assert result["image_size"] == SIZE and len(result["images"]) == 1
     expected_input = source
-    np.testing.assert_array_equal(from_data_url(result["input"]), expected_input)
-    mask = from_data_url(result["mask"]) > 127
+    np.testing.assert_array_equal(result_png(base, result["input"]), expected_input)
+    mask = result_png(base, result["mask"]) > 127
     np.testing.assert_array_equal(mask, centre_mask(24) > 0)
     entry = result["images"][0]
-    out = from_data_url(entry["image"])
+    out = result_png(base, entry["image"])
     assert out.shape == (24, 24, 3) and (entry["width"], entry["height"]) == (24, 24)
     np.testing.assert_array_equal(out[~mask], expected_input[~mask])  # known pixels exact
     assert len(entry["steps"]) == 5
     assert [s["step"] for s in entry["steps"]] == [1, 2, 3, 4, 5]
-    assert from_data_url(entry["token_mask"]).shape == (4, 4)
-    assert entry["token_mask"] and from_data_url(entry["token_mask"]).max() == 255
+    assert result_png(base, entry["token_mask"]).shape == (4, 4)
+    assert entry["token_mask"] and result_png(base, entry["token_mask"]).max() == 255
     assert entry["steps"][-1]["unknown"] == 0
-    start_unknown = int((from_data_url(entry["token_mask"]) > 127).sum())
+    start_unknown = int((result_png(base, entry["token_mask"]) > 127).sum())
     assert start_unknown == 4  # the centre 8x8 pixels = 2x2 tokens of 4x4 pixels
     assert sum(s["decoded"] for s in entry["steps"]) == start_unknown
-    token_map = from_data_url(entry["steps"][-1]["token_map"])
+    token_map = result_png(base, entry["steps"][-1]["token_map"])
     assert token_map.shape == (4, 4, 3)
     assert (token_map[0, 0] == (70, 76, 90)).all()  # a corner token is given by the input
-    assert from_data_url(entry["steps"][0]["image"]).shape == (SIZE, SIZE, 3)
+    assert result_png(base, entry["steps"][0]["image"]).shape == (SIZE, SIZE, 3)
     # same seed -> same picture
     status, again = submit_inpaint(base, png(source), png(centre_mask()), steps="5")
-    assert wait_job(base, again["job_id"])["result"]["images"][0]["image"] == entry["image"]
+    repeated = wait_job(base, again["job_id"])["result"]["images"][0]["image"]
+    np.testing.assert_array_equal(result_png(base, repeated), result_png(base, entry["image"]))
 
 
 def test_generate(base):
@@ -253,7 +256,7 @@ def test_prefill_is_a_decoding_setting(base):
         assert status == 200, answer
         job = wait_job(base, answer["job_id"])
         assert job["status"] == "done", job
-        results[prefill] = from_data_url(job["result"]["images"][0]["image"])
+        results[prefill] = result_png(base, job["result"]["images"][0]["image"])
     assert (results["telea"] != results["white"]).any()  # the setting reached the pipeline
 
 
@@ -386,8 +389,8 @@ def test_a_transparent_mask_file_gives_the_same_mask_on_every_way_in(
     assert status == 200, answer
     job = wait_job(base, answer["job_id"])
     assert job["status"] == "done", job
-    web = from_data_url(job["result"]["images"][0]["image"])
-    assert np.array_equal(from_data_url(job["result"]["mask"]) > 0, stroke)
+    web = result_png(base, job["result"]["images"][0]["image"])
+    assert np.array_equal(result_png(base, job["result"]["mask"]) > 0, stroke)
     for name, result in (("cli", cli), ("python", python), ("web", web)):
         assert np.array_equal(result[~stroke], image[~stroke]), f"{name} repainted kept pixels"
     assert np.array_equal(cli, python) and np.array_equal(python, web)
@@ -430,7 +433,7 @@ def test_a_16_bit_upload_is_scaled_not_clipped(base):
     status, answer = submit_inpaint(base, deep.getvalue(), png(centre_mask()))
     assert status == 200, answer
     job = wait_job(base, answer["job_id"])
-    kept = from_data_url(job["result"]["images"][0]["image"])[centre_mask() == 0]
+    kept = result_png(base, job["result"]["images"][0]["image"])[centre_mask() == 0]
     assert (kept == round(30000 / 65535 * 255)).all()  # 117, not 255
 
 
@@ -444,11 +447,11 @@ def test_an_upload_is_used_as_the_browser_shows_it(base):
     status, answer = submit_inpaint(base, buffer.getvalue(), png(centre_mask()))
     assert status == 200, answer
     job = wait_job(base, answer["job_id"])
-    shown = from_data_url(job["result"]["input"])  # 8x16 (w x h), as displayed
+    shown = result_png(base, job["result"]["input"])  # 8x16 (w x h), as displayed
     assert shown.shape == (SIZE, SIZE // 2, 3)
     assert shown[:3].min() == 255 and shown[-3:].max() == 0
     assert any("fitted to the image (8x16)" in note for note in job["notices"])  # 16x16 mask
-    result = from_data_url(job["result"]["images"][0]["image"])
+    result = result_png(base, job["result"]["images"][0]["image"])
     assert result.shape == (SIZE, SIZE // 2, 3)
 
 
@@ -462,17 +465,17 @@ def test_outpaint_returns_the_image_at_full_size_inside_the_generated_margin(bas
     assert job["status"] == "done" and job["kind"] == "outpaint" and job["params"]["pad"] == "4"
     entry = job["result"]["images"][0]
     assert (entry["width"], entry["height"]) == (48, 32)  # the page shows the size returned
-    result = from_data_url(entry["image"])
+    result = result_png(base, entry["image"])
     assert result.shape == (32, 48, 3)
     np.testing.assert_array_equal(result[4:28, 4:44], picture)  # the user's pixels, exact
-    mask = from_data_url(job["result"]["mask"]) > 0
+    mask = result_png(base, job["result"]["mask"]) > 0
     assert mask.shape == (32, 48) and not mask[4:28, 4:44].any()
     assert mask.sum() == 48 * 32 - 40 * 24
-    assert from_data_url(entry["steps"][0]["image"]).shape == (SIZE, SIZE, 3)  # model steps
+    assert result_png(base, entry["steps"][0]["image"]).shape == (SIZE, SIZE, 3)  # model steps
     status, answer = post_form(f"{base}/api/outpaint", SAME, {"image": ("in.png", png(picture))})
     job = wait_job(base, answer["job_id"])  # default: 50% on every side
     assert job["params"]["pad"] == "50%"
-    assert from_data_url(job["result"]["images"][0]["image"]).shape == (48, 80, 3)
+    assert result_png(base, job["result"]["images"][0]["image"]).shape == (48, 80, 3)
     for pad, fragment in (("-3", "negative"), ("wide", "neither pixels"), ("5000", "limit")):
         status, answer = post_form(
             f"{base}/api/outpaint", {"pad": pad}, {"image": ("in.png", png(picture))}

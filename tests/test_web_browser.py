@@ -69,6 +69,31 @@ def decode_data_url(url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
 
 
+def shown_png(page, selector: str) -> np.ndarray:
+    """The picture an <img> shows (the page loads results into blob: URLs), read back
+    through a canvas as PNG."""
+    assert page.get_attribute(selector, "src").startswith("blob:")
+    url = page.evaluate(
+        """async (selector) => {
+          const img = document.querySelector(selector);
+          await img.decode();
+          const canvas = document.createElement("canvas");
+          canvas.width = img.naturalWidth;
+          canvas.height = img.naturalHeight;
+          canvas.getContext("2d").drawImage(img, 0, 0);
+          return canvas.toDataURL("image/png");
+        }""",
+        selector,
+    )
+    return decode_data_url(url)[..., :3]  # the canvas adds an opaque alpha channel
+
+
+def served_png(base: str, url: str) -> np.ndarray:
+    """A result picture from its own URL on the server."""
+    with urllib.request.urlopen(base + url, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())))
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
@@ -146,14 +171,14 @@ def test_inpaint_in_a_real_browser(tmp_path):
             page.fill("#steps", "6")
             page.fill("#seed", "3")
             page.click("#run-inpaint")
-            page.wait_for_selector("#result-img[src^='data:image/png']")
+            page.wait_for_selector("#result-img[src^='blob:']")
             page.wait_for_selector("#status.ok")
 
-            result = decode_data_url(page.get_attribute("#result-img", "src"))
+            result = shown_png(page, "#result-img")
             job = get_json(f"{base}/api/jobs/{page.get_attribute('#result-img', 'data-job-id')}")
             assert job["status"] == "done" and job["params"]["steps"] == 6
-            used_mask = decode_data_url(job["result"]["mask"]) > 127
-            seen = decode_data_url(job["result"]["input"])
+            used_mask = served_png(base, job["result"]["mask"]) > 127
+            seen = served_png(base, job["result"]["input"])
             page_mask = (
                 decode_data_url(page.evaluate("() => window.maskgitExportMask()"))[..., 0] > 127
             )
@@ -204,7 +229,7 @@ def test_inpaint_in_a_real_browser(tmp_path):
             page.wait_for_selector("#results[data-kind='outpaint']")
             page.wait_for_selector("#status.ok")
             assert "56×56" in page.inner_text("#result-size")
-            extended = decode_data_url(page.get_attribute("#result-img", "src"))
+            extended = shown_png(page, "#result-img")
             np.testing.assert_array_equal(extended[4:52, 4:52], picture)
 
             # Generate tab

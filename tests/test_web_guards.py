@@ -320,11 +320,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_serve(model_dir: Path, port: int) -> subprocess.Popen:
+def start_serve(model_dir: Path, port: int, script: str = SERVE) -> subprocess.Popen:
+    """`maskgit serve` of `model_dir` on 127.0.0.1:`port`, run by `script` (python -c)."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     argv = ["serve", "--model", str(model_dir), "--port", str(port), "--device", "cpu"]
     return subprocess.Popen(
-        [sys.executable, "-c", SERVE, *argv],
+        [sys.executable, "-c", script, *argv],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

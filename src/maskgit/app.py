@@ -12,15 +12,19 @@
                              which keeps its own size: pixels "16" or "25%" of its side;
                              default 50%) + decoding options -> job
     POST /api/generate       form: n + decoding options -> job
-    GET  /api/jobs/{id}      status (queued / running / done / error), queue position,
-                             progress, and when done the images as base64 PNG data URLs
+    GET  /api/jobs/{id}      status (queued / running / done / error / cancelled), queue
+                             position, phase, progress, and when done the URLs of its pictures
+    GET  /api/jobs/{id}/files/{name}   one picture of a finished job (PNG)
+    DELETE /api/jobs/{id}    cancel a job (queued: at once; running: at its next checkpoint)
 
 The decoding options are the fields of `maskgit.options.DecodingOptions`, sent as form
 fields of the same names (empty = the default). Uploads are read by `maskgit.reader`, like
 files of the CLI. The model loads in a background thread, so the server answers at once
 (HTTP 503 with "model is loading, try again in a moment" until it is ready). Jobs go through
 one queue (`JobQueue`) and one worker thread that runs them one at a time; progress comes
-from the decoder's step callback. Errors are JSON `{"error": message}` with a 4xx status; the
+from the decoder's step callback and the phases from `maskgit.phases` checkpoints, where a
+cancelled job or a stopping server ends the work. A finished job keeps its pictures once, as
+PNG bytes, within a byte budget (RESULT_BYTES) and for JOB_TTL_S. Errors are JSON `{"error": message}` with a 4xx status; the
 server keeps running after every error.
 
 Layout: uploads and form fields, the job queue, result rendering, then the routes;
@@ -29,7 +33,6 @@ Layout: uploads and form fields, the job queue, result rendering, then the route
 
 from __future__ import annotations
 
-import base64
 import io
 import itertools
 import math
@@ -49,14 +52,15 @@ import numpy as np
 import torch
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maskgit.data import IMAGE_SUFFIXES
 from maskgit.decoding import DecodeStep
-from maskgit.options import DEFAULT_DECODING, DecodingOptions
+from maskgit.options import DEFAULT_DECODING, DecodingOptions, option_names
+from maskgit.phases import DECODING_PHASE, checkpoint, watched
 from maskgit.pipeline import DEFAULT_PAD, outpaint_canvas, outpaint_layout, parse_pad
 from maskgit.reader import fit_mask, image_tensor, mask_tensor, upright
 
@@ -72,14 +76,32 @@ DECODE_WAIT_S = 60.0  # then 503
 DECODE_BYTES_PER_PIXEL = 40  # peak memory of decoding + converting one pixel (RGBA, copies)
 
 
+def physical_memory() -> int | None:
+    """The machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def decode_budget(limit: int = 24_000_000, floor: int = 4_000_000) -> int:
     """Pixels an upload may decode to (after JPEG draft reduction): `limit`, less on a machine
     where DECODE_SLOTS decodes of that size would need over an eighth of the memory."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
+    memory = physical_memory()
+    if memory is None:
         return limit
     return int(max(floor, min(limit, memory // 8 // (DECODE_BYTES_PER_PIXEL * DECODE_SLOTS))))
+
+
+def result_budget(memory: int | None = None, floor: int = 256 << 20, ceiling: int = 2 << 30) -> int:
+    """Bytes the job table may hold (finished jobs' PNGs, waiting jobs' input tensors): a
+    sixteenth of `memory` (default: the machine's), at least `floor` (two jobs at the largest
+    size, ~100 MB each, plus the queue's small ones) and at most `ceiling`. The rest is the
+    model's, the decodes' (an eighth, `decode_budget`) and the running job's."""
+    memory = physical_memory() if memory is None else memory
+    if memory is None:
+        return floor
+    return int(max(floor, min(ceiling, memory // 16)))
 
 
 MAX_DECODE_PIXELS = decode_budget()  # larger (after draft reduction): not decoded, 413
@@ -88,6 +110,12 @@ MAX_STEPS = 64
 MAX_GENERATE = 16
 MAX_QUEUED = 32
 KEEP_FINISHED_JOBS = 64
+RESULT_BYTES = result_budget()  # finished jobs' pictures + waiting jobs' inputs, all clients
+JOB_TTL_S = 600.0  # a finished job and its pictures are dropped this long after it ended
+PRUNE_EVERY_S = 30.0  # the idle worker drops expired jobs this often
+FINISHED = ("done", "error", "cancelled")
+MAX_FIELD_CHARS = 80  # longer form values are refused, echoed cut to this length
+FORM_FIELDS = (*option_names(), "n", "pad")  # the text fields the routes read
 EXIF_ORIENTATION = 0x0112
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 degrees: width and height swap
 LOADING_MESSAGE = "model is loading, try again in a moment"
@@ -100,10 +128,14 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )
+SECURITY_HEADERS = {  # on every answer, the guard's own refusals and 500s included
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class JobCancelled(Exception):
-    """A running job ended because the server stops."""
+    """A running job ended: cancelled by its client, or the server stops."""
 
 
 class ApiError(Exception):
@@ -118,10 +150,22 @@ class ApiError(Exception):
 # --------------------------------------------------------------------------- images
 
 
-def png_data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+class Pictures:
+    """A job's result pictures, each encoded once as PNG bytes and served at its own URL
+    (`/api/jobs/<id>/files/<name>.png`): polling the job sends URLs, never the pictures."""
+
+    def __init__(self, job_id: str):
+        self.prefix = f"/api/jobs/{job_id}/files/"
+        self.files: dict[str, bytes] = {}
+
+    def add(self, name: str, image: Image.Image) -> str:
+        """Encode `image` as `<name>.png` (a checkpoint first: a large one takes seconds);
+        returns its URL."""
+        checkpoint()
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        self.files[f"{name}.png"] = buffer.getvalue()
+        return f"{self.prefix}{name}.png"
 
 
 def bool_png(mask: np.ndarray) -> Image.Image:
@@ -146,6 +190,11 @@ def token_map(start: np.ndarray, before: np.ndarray, now: np.ndarray) -> Image.I
     out[before & ~now] = TOKEN_COLOURS["now"]
     out[now] = TOKEN_COLOURS["masked"]
     return Image.fromarray(out, "RGB")
+
+
+def clip(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """`text` cut to `limit` characters, with "..." when cut (values echoed in errors)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _scrub(message: str) -> str:
@@ -230,7 +279,16 @@ def form_options(fields: dict[str, str]) -> DecodingOptions:
 async def text_fields(request: Request) -> dict[str, str]:
     """The text fields of a form request (FastAPI has parsed and cached the form already)."""
     form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    for name in FORM_FIELDS:
+        value = fields.get(name, "")
+        if len(value) > MAX_FIELD_CHARS:  # no setting is this long; never echo it whole
+            raise ApiError(
+                400,
+                f"{name}={clip(value)!r} ({len(value):,} characters): too long for any "
+                f"setting (at most {MAX_FIELD_CHARS})",
+            )
+    return fields
 
 
 FormFields = Annotated[dict[str, str], Depends(text_fields)]
@@ -247,30 +305,50 @@ class Job:
     options: DecodingOptions
     inputs: dict[str, Any]  # what the worker needs (tensors, n), not sent back
     notices: list[str] = field(default_factory=list)
-    status: str = "queued"  # queued | running | done | error
+    status: str = "queued"  # queued | running | done | error | cancelled
     phase: str = "waiting in the queue"
     done_steps: int = 0
     total_steps: int = 0
     error: str | None = None
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None  # picture URLs, served from `files`
+    files: dict[str, bytes] = field(default_factory=dict)  # name -> PNG bytes
     created: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # shown in params (n, pad)
     stopping: threading.Event = field(default_factory=threading.Event)  # the server's
+    cancelled: threading.Event = field(default_factory=threading.Event)  # its client's
 
     @property
     def params(self) -> dict[str, Any]:
         return {**self.options.as_dict(), **self.extra}
 
-    def on_step(self, step: DecodeStep) -> None:
-        """The decoder's step callback: progress for the page; ends the job when the server
-        stops (Ctrl-C), so no decoding thread outlives it."""
+    def retained(self) -> int:
+        """Bytes this job holds: its pictures, and its input tensors until it has run."""
+        tensors = [t for t in self.inputs.values() if isinstance(t, torch.Tensor)]
+        return sum(map(len, self.files.values())) + sum(
+            t.numel() * t.element_size() for t in tensors
+        )
+
+    def on_phase(self, phase: str | None) -> None:
+        """The `maskgit.phases` hook of the worker running this job: the phase for the page;
+        ends the job (JobCancelled) when its client cancelled it or the server stops
+        (Ctrl-C), so no thread is left inside torch when the process exits."""
         if self.stopping.is_set():
             raise JobCancelled("the server is stopping")
+        if self.cancelled.is_set():
+            raise JobCancelled("cancelled")
+        if phase == DECODING_PHASE:
+            phase = (
+                f"decoding step {min(self.done_steps + 1, self.total_steps)} of {self.total_steps}"
+            )
+        if phase is not None:
+            self.phase = phase
+
+    def on_step(self, step: DecodeStep) -> None:
+        """The decoder's step callback: progress for the page, and a checkpoint."""
         self.done_steps = min(step.step + 1, self.total_steps)
-        if self.done_steps < self.total_steps:
-            self.phase = f"decoding step {self.done_steps + 1} of {self.total_steps}"
+        self.on_phase(DECODING_PHASE if self.done_steps < self.total_steps else None)
 
 
 class JobQueue:
@@ -305,16 +383,18 @@ class JobQueue:
                 )
                 self._worker.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the running job at its next step, drop the queued ones, wait for the threads
-        (a thread left inside torch at interpreter exit aborts the process)."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """End the running job at its next checkpoint, drop the queued ones, wait for the
+        threads (a thread left inside torch at interpreter exit aborts the process); True
+        when none is left running."""
         self.stopping.set()
-        worker = self._worker
-        if worker is not None and worker.is_alive():
+        threads = [t for t in (self._worker, self._load_thread) if t is not None]
+        if self._worker is not None and self._worker.is_alive():
             self.queue.put(None)
-            worker.join(timeout)
-        if self._load_thread is not None:
-            self._load_thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
     def _load(self) -> None:
         try:
@@ -352,12 +432,30 @@ class JobQueue:
             if waiting >= MAX_QUEUED:
                 raise ApiError(429, f"the queue is full ({waiting} jobs waiting): try again later")
             job = Job(uuid.uuid4().hex, kind, next(self._seq), options, inputs, notices)
+            self._prune(room=job.retained())
+            held = self._retained()
+            if held + job.retained() > RESULT_BYTES:
+                raise ApiError(
+                    429,
+                    f"the queue holds {held / 1e6:.0f} MB of images (at most "
+                    f"{RESULT_BYTES / 1e6:.0f} MB on this server): try again later",
+                )
             job.extra = extra or {}
             job.stopping = self.stopping
             self.jobs[job.id] = job
-            self._prune()
         self.queue.put(job)
         return job
+
+    def cancel(self, job: Job) -> None:
+        """A queued job ends at once; a running one at its next checkpoint."""
+        with self.lock:
+            if job.status == "queued":
+                job.status, job.phase, job.error = "cancelled", "cancelled", "cancelled"
+                job.finished = time.time()
+                job.inputs = {}
+            elif job.status == "running":
+                job.cancelled.set()
+                job.phase = "cancelling"
 
     def _waiting(self) -> int:
         return sum(job.status == "queued" for job in self.jobs.values())
@@ -366,10 +464,31 @@ class JobQueue:
         with self.lock:
             return self._waiting()
 
-    def _prune(self) -> None:
-        finished = [j for j in self.jobs.values() if j.status in ("done", "error")]
-        for job in sorted(finished, key=lambda j: j.seq)[:-KEEP_FINISHED_JOBS]:
-            del self.jobs[job.id]
+    def _retained(self) -> int:
+        return sum(job.retained() for job in self.jobs.values())
+
+    def retained_bytes(self) -> int:
+        """Bytes the job table holds (pictures of finished jobs, inputs of waiting ones)."""
+        with self.lock:
+            return self._retained()
+
+    def _prune(self, room: int = 0) -> None:
+        """Drop finished jobs: those over JOB_TTL_S old, then the oldest while there are over
+        KEEP_FINISHED_JOBS or the table holds over RESULT_BYTES - `room` bytes."""
+        now = time.time()
+        finished = sorted(
+            (j for j in self.jobs.values() if j.status in FINISHED), key=lambda j: j.seq
+        )
+        held = self._retained()
+        for index, job in enumerate(finished):
+            expired = job.finished is not None and now - job.finished > JOB_TTL_S
+            if expired or len(finished) - index > KEEP_FINISHED_JOBS or held + room > RESULT_BYTES:
+                held -= job.retained()
+                del self.jobs[job.id]
+
+    def prune(self) -> None:
+        with self.lock:
+            self._prune()
 
     def ahead_of(self, job: Job) -> int:
         """Jobs that will finish before `job` starts (running ones included)."""
@@ -394,7 +513,7 @@ class JobQueue:
         }
         if job.started is not None:
             info["seconds"] = round((job.finished or time.time()) - job.started, 3)
-        if job.status == "error":
+        if job.status in ("error", "cancelled"):
             info["error"] = job.error
         if job.status == "done":
             info["result"] = job.result
@@ -402,55 +521,77 @@ class JobQueue:
 
     def _work(self) -> None:
         while True:
-            job = self.queue.get()
+            try:
+                job = self.queue.get(timeout=PRUNE_EVERY_S)
+            except queue.Empty:  # idle: expired jobs still go
+                self.prune()
+                continue
             if job is None or self.stopping.is_set():
                 return
-            job.status, job.phase, job.started = "running", "encoding", time.time()
-            try:
+            with self.lock:
+                if job.status != "queued":  # cancelled while it waited
+                    continue
+                job.status, job.phase, job.started = "running", "starting", time.time()
+            self._run(job)
+            self.prune()
+
+    def _run(self, job: Job) -> None:
+        try:
+            with watched(job.on_phase):
                 job.result = run_job(self.model, job)
-                job.status, job.phase = "done", "done"
-            except Exception as exc:  # the worker survives every job
-                job.error = f"{type(exc).__name__}: {exc}"
-                job.status, job.phase = "error", "failed"
-            finally:
-                job.finished = time.time()
-                job.inputs = {}
+            job.status, job.phase = "done", "done"
+        except JobCancelled as exc:
+            job.error = str(exc)
+            job.status, job.phase = "cancelled", "cancelled"
+            job.files = {}
+        except Exception as exc:  # the worker survives every job
+            job.error = f"{type(exc).__name__}: {exc}"
+            job.status, job.phase = "error", "failed"
+            job.files = {}
+        finally:
+            job.finished = time.time()
+            job.inputs = {}
 
 
 def run_job(model: Any, job: Job) -> dict[str, Any]:
-    """Decode a job (progress through `job.on_step`) and render its result."""
+    """Decode a job (progress through `job.on_step`, phases through `maskgit.phases`
+    checkpoints: run it inside `watched(job.on_phase)`) and render its result into
+    `job.files`."""
     job.total_steps = job.options.steps_to_run
-    job.phase = f"decoding step 1 of {job.total_steps}"
     if job.kind == "generate":
         out = model.generate(job.inputs["n"], job.options, return_steps=True, on_step=job.on_step)
     else:  # inpaint: an image (3, H, W) and its mask (H, W); outpaint: the canvas, its mask
         image, mask = job.inputs["image"], job.inputs["mask"]
         out = model.inpaint(image, mask, job.options, return_steps=True, on_step=job.on_step)
     job.done_steps = job.total_steps
-    job.phase = "rendering steps"
-    result = render_result(model, out)
+    checkpoint("encoding the result pictures (PNG)")
+    pictures = Pictures(job.id)
+    result = render_result(model, out, pictures)
     if job.kind != "generate":
-        result["input"] = png_data_url(
-            Image.fromarray(job.inputs["image"].permute(1, 2, 0).numpy())
-        )
-        result["mask"] = png_data_url(bool_png(job.inputs["mask"].numpy()))
+        picture = Image.fromarray(job.inputs["image"].permute(1, 2, 0).numpy())
+        result["input"] = pictures.add("input", picture)
+        result["mask"] = pictures.add("mask", bool_png(job.inputs["mask"].numpy()))
+    job.files = pictures.files
     return result
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def render_steps(start: np.ndarray, frames: list) -> list[dict[str, Any]]:
-    """One entry per decoding step: prediction, token mask and map, counts."""
+def render_steps(
+    start: np.ndarray, frames: list, pictures: Pictures, name: str
+) -> list[dict[str, Any]]:
+    """One entry per decoding step: prediction, token mask and map (URLs), counts."""
     steps, before = [], start
     for frame in frames:
         now = np.asarray(frame.token_mask, dtype=bool)
+        stem = f"{name}-step{frame.step + 1}"
         steps.append(
             {
                 "step": frame.step + 1,
-                "image": png_data_url(frame.image),
-                "token_mask": png_data_url(bool_png(now)),
-                "token_map": png_data_url(token_map(start, before, now)),
+                "image": pictures.add(stem, frame.image),
+                "token_mask": pictures.add(f"{stem}-tokens", bool_png(now)),
+                "token_map": pictures.add(f"{stem}-map", token_map(start, before, now)),
                 "unknown": int(now.sum()),
                 "decoded": int((before & ~now).sum()),
             }
@@ -459,19 +600,21 @@ def render_steps(start: np.ndarray, frames: list) -> list[dict[str, Any]]:
     return steps
 
 
-def render_result(model: Any, out: Any) -> dict[str, Any]:
-    """An InpaintResult with its steps -> the JSON the page shows."""
+def render_result(model: Any, out: Any, pictures: Pictures) -> dict[str, Any]:
+    """An InpaintResult with its steps -> the JSON the page shows (pictures as URLs)."""
     images = []
     for i, picture in enumerate(out.images):
         start = np.asarray(out.token_masks[i], dtype=bool)
         images.append(
             {
-                "image": png_data_url(picture),
+                "image": pictures.add(f"image{i}", picture),
                 "width": picture.width,  # the size returned (inpaint: the input's)
                 "height": picture.height,
-                "token_mask": png_data_url(bool_png(start)),
-                "token_map": png_data_url(token_map(start, start, start)),
-                "steps": render_steps(start, out.steps[i] if out.steps else []),
+                "token_mask": pictures.add(f"image{i}-tokens", bool_png(start)),
+                "token_map": pictures.add(f"image{i}-map", token_map(start, start, start)),
+                "steps": render_steps(
+                    start, out.steps[i] if out.steps else [], pictures, f"image{i}"
+                ),
             }
         )
     return {
@@ -573,9 +716,10 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"error": f"internal error: {type(exc).__name__}: {_scrub(str(exc))}"},
+        return JSONResponse(  # answered outside the guard: its headers are set here
+            {"error": f"internal error: {type(exc).__name__}: {clip(_scrub(str(exc)), 300)}"},
             status_code=500,
+            headers=SECURITY_HEADERS,
         )
 
 
@@ -639,12 +783,12 @@ def refused_by_origin(request: Request, allowed: set[str]) -> str | None:
     anything but GET/HEAD/OPTIONS): a page of another site may not queue work here."""
     host = request.headers.get("host", "")
     if host_name(host) not in allowed:
-        return f"host {host!r} is not served here (allowed: {', '.join(sorted(allowed))})"
+        return f"host {clip(host)!r} is not served here (allowed: {', '.join(sorted(allowed))})"
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return None
     origin = request.headers.get("origin")
     if origin is not None and _origin_authority(origin) != host.strip().lower():
-        return f"cross-origin request from {origin!r} refused"
+        return f"cross-origin request from {clip(origin)!r} refused"
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return "cross-site request refused"
     return None
@@ -652,22 +796,25 @@ def refused_by_origin(request: Request, allowed: set[str]) -> str | None:
 
 def add_guard(app: FastAPI, jobs: JobQueue, allowed_hosts: Iterable[str] = LOCAL_HOSTS) -> None:
     """Refuse other sites' requests and oversized ones early; security headers on every
-    response."""
+    response (the refusals included), and no caching of the API's answers (a job's answers
+    and pictures are the user's images)."""
     allowed = {host_name(h) for h in (*LOCAL_HOSTS, *allowed_hosts) if h}
     app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         refusal = refused_by_origin(request, allowed)
-        if refusal is not None:
-            return JSONResponse({"error": refusal}, status_code=403)
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            return JSONResponse({"error": _too_large(f"{int(length):,}")}, status_code=413)
-        jobs.start()  # in case the server runs without lifespan events
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        if refusal is not None:
+            response = JSONResponse({"error": refusal}, status_code=403)
+        elif length and length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+            response = JSONResponse({"error": _too_large(f"{int(length):,}")}, status_code=413)
+        else:
+            jobs.start()  # in case the server runs without lifespan events
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
         return response
 
 
@@ -784,12 +931,32 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
             raise ApiError(400, f"n={count}: expected 1 to {MAX_GENERATE} images")
         return queued(jobs.submit("generate", options, {"n": count}, [], extra={"n": count}))
 
-    @app.get("/api/jobs/{job_id}")
-    def get_job(job_id: str) -> dict[str, Any]:
+    def find(job_id: str) -> Job:
         job = jobs.jobs.get(job_id)
         if job is None:
-            raise ApiError(404, f"no job {job_id!r} (unknown, or finished long ago)")
+            raise ApiError(
+                404,
+                f"no job {clip(job_id)!r}: unknown, or expired (finished jobs are kept "
+                f"{JOB_TTL_S / 60:.0f} minutes, fewer when many or large)",
+            )
+        return job
+
+    @app.get("/api/jobs/{job_id}")
+    def get_job(job_id: str) -> dict[str, Any]:
+        return jobs.describe(find(job_id))
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        job = find(job_id)
+        jobs.cancel(job)
         return jobs.describe(job)
+
+    @app.get("/api/jobs/{job_id}/files/{name}")
+    def job_file(job_id: str, name: str) -> Response:
+        data = find(job_id).files.get(name)
+        if data is None:
+            raise ApiError(404, f"job {clip(job_id)!r} has no picture {clip(name)!r}")
+        return Response(data, media_type="image/png")
 
 
 def create_app(

@@ -13,6 +13,7 @@ checked by building the options object, before any model is loaded or any file w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -348,7 +349,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from maskgit.demo import main as demo_main
 
     return demo_main(
-        args.out, args.model, decoding_options(args), args.device, quantize=args.quantize
+        args.out,
+        args.model,
+        decoding_options(args),
+        args.device,
+        quantize=args.quantize,
+        overwrite=args.overwrite,
     )
 
 
@@ -560,7 +566,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
-    uvicorn.Server(config).run(sockets=[listener])
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    except KeyboardInterrupt:
+        if not app.state.jobs.stop(timeout=5.0):
+            # a job (or the model load) is still inside torch: the interpreter's exit would
+            # abort (SIGABRT, exit 134) under it; end now with Ctrl-C's exit code
+            print("maskgit: interrupted", file=sys.stderr, flush=True)
+            os._exit(130)
+        raise
     return 0
 
 
@@ -590,6 +604,12 @@ def _listen(host: str, port: int):
 
 def args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="maskgit-demo", help="output folder (default maskgit-demo)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in --out that the demo did not write (its own earlier outputs "
+        "there, recorded in .maskgit-demo.json, are always replaced)",
+    )
     _add_model(p)
     add_decoding_options(p)
 

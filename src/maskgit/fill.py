@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskgit.phases import checkpoint
+
 CLASSICAL_FILLS = ("white", "telea", "navier-stokes", "biharmonic")
 
 
@@ -92,6 +94,7 @@ def harmonic_fill(
             moved = torch.maximum(moved, step.abs().amax(dim=(1, 2, 3), keepdim=True))
             filled = filled + step
         if sweep % 4 == 3:  # one device sync per 4 sweeps
+            checkpoint()  # the blend of a large hole runs long: a watcher may stop it
             moving = moving * (moved > tolerance).to(moving.dtype)
             if not bool(moving.any()):
                 break

@@ -29,6 +29,7 @@ from maskgit.decoding import DecodeStep, StepCallback, decode
 from maskgit.fill import classical_fill, harmonic_fill
 from maskgit.masking import pixel_to_token_mask
 from maskgit.options import BLENDS, DecodingOptions, resolve
+from maskgit.phases import DECODING_PHASE, checkpoint
 from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor, resize_image
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
@@ -296,12 +297,15 @@ class MaskGIT:
         results do not depend on the batching.
         Returns (decoded images, token masks (B, h, w), step records when `return_steps`).
         """
+        checkpoint(f"pre-filling the hole ({options.prefill})")
         if context is None:
             context = classical_fill(options.prefill, images, pixel_masks)
+        checkpoint("encoding (tokenizer)")
         tokens = self.tokenizer.encode(to_model_range(context).to(self.device))  # (B, h, w)
         unknown = pixel_to_token_mask(pixel_masks, self.downsample).to(self.device)
         first = options.seed + first_index
         gens = [torch.Generator().manual_seed(first + i) for i in range(len(images))]
+        checkpoint(DECODING_PHASE)
         final, records = decode(
             tokens.flatten(1),
             unknown.flatten(1),
@@ -312,6 +316,7 @@ class MaskGIT:
             record_steps=return_steps,
             on_step=on_step,
         )
+        checkpoint("decoding the tokens to pixels")
         return self.images_from_tokens(final), unknown.cpu(), records
 
     def inpaint(
@@ -382,6 +387,7 @@ class MaskGIT:
                 on_step=on_step,
             )
             for image, hole, window, fill in zip(full, holes, windows, decoded, strict=True):
+                checkpoint(f"pasting into the image ({options.blend} blend)")
                 merged = paste_window(image, hole, fill, window, feather, options.blend)
                 result.images.append(Image.fromarray(merged.permute(1, 2, 0).numpy()))
             result.windows += windows
@@ -394,6 +400,7 @@ class MaskGIT:
         frames: list[list[StepFrame]] = [[] for _ in range(batch)]
         grid = self.tokenizer.cfg.token_grid
         for record in records:
+            checkpoint(f"step pictures ({record.step + 1} of {len(records)})")
             pictures = self.images_from_tokens(record.sampled)
             for i in range(batch):
                 frames[i].append(

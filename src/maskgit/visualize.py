@@ -299,6 +299,9 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
+STEP_VISUALS = ("_tokens.png", "_steps.png", "_compare.png", ".gif")  # save_step_visuals'
+
+
 def save_step_visuals(
     out_dir: str | Path,
     stem: str,

@@ -19,7 +19,9 @@
     rectStart: null,
     snapshot: null,
     busy: false,
-    job: null, // the last finished job
+    job: null, // the last finished job (its picture URLs replaced by blob: URLs)
+    jobId: null, // the job being followed (Cancel stops it)
+    pictureUrls: [], // blob: URLs of the shown job's pictures (revoked for the next job)
     selected: 0, // which image of the job the viewer shows
     playTimer: null,
     defaultsShown: false, // the decoding controls start at the server's defaults once
@@ -382,6 +384,17 @@
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
   async function follow(jobId) {
+    state.jobId = jobId;
+    $("cancel-job").hidden = false;
+    try {
+      await followJob(jobId);
+    } finally {
+      state.jobId = null;
+      $("cancel-job").hidden = true;
+    }
+  }
+
+  async function followJob(jobId) {
     for (;;) {
       const response = await fetch(`/api/jobs/${jobId}`, { cache: "no-store" });
       const job = await readJson(response);
@@ -398,8 +411,13 @@
       } else if (job.status === "error") {
         setStatus(`the job failed: ${job.error}`, "error");
         return;
+      } else if (job.status === "cancelled") {
+        setStatus(`the job was cancelled (${job.error})`, "warn");
+        return;
       } else if (job.status === "done") {
         const notes = job.notices.length ? ` Notes: ${job.notices.join("; ")}.` : "";
+        setStatus("loading the result pictures…");
+        await loadPictures(job.result);
         setStatus(`done in ${job.seconds.toFixed(2)} s: ${job.result.images.length} image(s), ` +
           `${job.result.images[0].steps.length} steps.${notes}`, "ok");
         showJob(job);
@@ -407,6 +425,30 @@
       }
       await sleep(250);
     }
+  }
+
+  $("cancel-job").addEventListener("click", async () => {
+    if (!state.jobId) return;
+    const response = await fetch(`/api/jobs/${state.jobId}`, { method: "DELETE" });
+    if (!response.ok) setStatus((await readJson(response)).error || `HTTP ${response.status}`, "error");
+  });
+
+  // A finished job's pictures are PNGs at their own URLs, kept a while on the server: each is
+  // fetched once into a blob: URL, so the viewer and the download never ask for it again.
+  async function loadPictures(result) {
+    for (const url of state.pictureUrls) URL.revokeObjectURL(url);
+    state.pictureUrls = [];
+    const owners = [result];
+    for (const entry of result.images) owners.push(entry, ...entry.steps);
+    const keys = ["input", "mask", "image", "token_mask", "token_map"];
+    await Promise.all(owners.flatMap((owner) => keys.filter((key) => owner[key]).map(async (key) => {
+      const response = await fetch(owner[key], { cache: "no-store" });
+      if (!response.ok) {
+        throw new Error((await readJson(response)).error || `HTTP ${response.status}`);
+      }
+      owner[key] = URL.createObjectURL(await response.blob());
+      state.pictureUrls.push(owner[key]);
+    })));
   }
 
   $("run-inpaint").addEventListener("click", async () => {
