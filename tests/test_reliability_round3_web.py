@@ -414,7 +414,9 @@ def test_ctrl_c_during_a_long_phase_exits_130(model_dir, checkpoints):
     took = time.time() - started
     print(f"\nSIGINT -> exit {process.returncode} in {took:.1f} s")
     assert process.returncode == 130, (process.returncode, err)
-    assert took < (5 if checkpoints else 25), f"Ctrl-C took {took:.1f} s"
+    # checkpointed: stopped at a checkpoint, well before the server's 10 s + 5 s stop timeouts
+    # (1.1 s alone, 6.2 s on busy cores); one long call: only those timeouts end it
+    assert took < (12 if checkpoints else 60), f"Ctrl-C took {took:.1f} s"
     assert "terminate called" not in err and "Traceback" not in err, err
 
 
