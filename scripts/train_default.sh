@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the embedded default model, v3 leg 2: the v2 design (16x16 tokens, 512 codes, the
 # emoji-demo preset) warm-started from the shipped weights and trained on mixed emoji styles
-# (data/emoji-mix from `maskgit prepare-data emoji`, docs/model-card.md; Twitter held out).
+# (data/emoji-mix from `maskgit prepare-data emoji`, docs/model-history.md; Twitter held out).
 # Usage: bash scripts/train_default.sh [RUN_ROOT] [INIT_FROM]
 # Each stage resumes its run folder when it is there (--resume), so the script can be rerun
 # after an interruption (a folder killed before its first `latest` starts afresh: --overwrite). Wall times go to RUN_ROOT/times.txt.

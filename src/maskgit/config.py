@@ -342,7 +342,7 @@ def _lab64() -> Preset:
 def _emoji_demo() -> Preset:
     """Small CPU preset for the embedded default: 64x64 emoji -> 16x16 tokens, 512 codes.
 
-    Sized so both stages train in about 1.5 hours on 2 CPU cores (docs/model-card.md).
+    Sized so both stages train in about 1.5 hours on 2 CPU cores (docs/model-history.md).
     """
     return Preset(
         tokenizer=TokenizerConfig(
