@@ -29,7 +29,7 @@ from maskgit.decoding import DecodeStep, StepCallback, decode
 from maskgit.fill import classical_fill, harmonic_fill
 from maskgit.masking import pixel_to_token_mask
 from maskgit.options import BLENDS, DecodingOptions, resolve
-from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor, resize_image
+from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
@@ -105,42 +105,54 @@ def crop_window(
     return Window(start(y0, y1, height), start(x0, x1, width), side, False)
 
 
-def _overlap(window: Window, height: int, width: int) -> tuple[slice, slice, slice, slice]:
-    """(image rows, image cols, window rows, window cols) of the part inside the image."""
-    iy0, iy1 = max(window.top, 0), min(window.top + window.side, height)
-    ix0, ix1 = max(window.left, 0), min(window.left + window.side, width)
-    return (
-        slice(iy0, iy1),
-        slice(ix0, ix1),
-        slice(iy0 - window.top, iy1 - window.top),
-        slice(ix0 - window.left, ix1 - window.left),
-    )
+def _model_region(
+    window: Window, height: int, width: int, model_size: int
+) -> tuple[slice, slice, slice, slice]:
+    """Where the part of `window` inside a `height` x `width` image lies: (image rows, image
+    cols) and, in the window brought to the model's `model_size` square, (model rows, model
+    cols), each at least one pixel. Only this part is ever resized, in both directions: the
+    padding of the window exists at the model's resolution only, so memory and time grow
+    with the image's pixels, not with the window's side squared (#29.9: a 10000x10 image
+    would otherwise make a 10000x10000 window)."""
+    scale = model_size / window.side
+
+    def axis(start: int, extent: int) -> tuple[slice, slice]:
+        lo, hi = max(start, 0), min(start + window.side, extent)
+        first = min(round((lo - start) * scale), model_size - 1)
+        last = min(max(round((hi - start) * scale), first + 1), model_size)
+        return slice(lo, hi), slice(first, last)
+
+    (rows, model_rows), (cols, model_cols) = axis(window.top, height), axis(window.left, width)
+    return rows, cols, model_rows, model_cols
+
+
+def _length(part: slice) -> int:
+    return part.stop - part.start
 
 
 def to_model_view(
     image: torch.Tensor, mask: torch.Tensor, window: Window, model_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The window of uint8 `image` (3, H, W) and bool `mask` (H, W) at the model's size:
-    (uint8 (3, S, S), bool (S, S)). Padding is white and known; the image is resized bicubic
-    (aspect kept: the window is square), the mask by the any-part rule (`fit_mask`)."""
-    rows, cols, wrows, wcols = _overlap(window, *image.shape[1:])
-    if window.top == 0 and window.left == 0 and tuple(image.shape[1:]) == (window.side,) * 2:
-        crop, crop_mask = image, mask  # the whole square image: no copy
-    else:
-        crop = torch.full((3, window.side, window.side), PAD_VALUE, dtype=torch.uint8)
-        crop_mask = torch.zeros(window.side, window.side, dtype=torch.bool)
-        crop[:, wrows, wcols] = image[:, rows, cols]
-        crop_mask[wrows, wcols] = mask[rows, cols]
-    if window.side != model_size:
-        crop = _resize(crop, model_size)
-        crop_mask = fit_mask(crop_mask, model_size)
+    (uint8 (3, S, S), bool (S, S)). The image's part of the window is resized bicubic (the
+    window is square, so the aspect is kept) to its place in the square, its mask by the
+    any-part rule (`fit_mask`); the rest of the square is padding, white and known."""
+    rows, cols, model_rows, model_cols = _model_region(window, *image.shape[1:], model_size)
+    shape = (_length(model_rows), _length(model_cols))
+    crop = torch.full((3, model_size, model_size), PAD_VALUE, dtype=torch.uint8)
+    crop_mask = torch.zeros(model_size, model_size, dtype=torch.bool)
+    crop[:, model_rows, model_cols] = _resize(image[:, rows, cols], shape)
+    crop_mask[model_rows, model_cols] = fit_mask(mask[rows, cols], shape)
     return crop, crop_mask
 
 
-def _resize(image: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 (3, s, s) -> (3, side, side), bicubic (the reader's resize)."""
-    array = resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()), side)
-    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)
+def _resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """uint8 (3, h, w) -> (3, *shape), bicubic (PIL's, as the reader resizes)."""
+    if tuple(image.shape[1:]) == tuple(shape):
+        return image
+    array = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
+    resized = array.resize((shape[1], shape[0]), Image.BICUBIC)
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
 
 
 def paste_window(
@@ -151,19 +163,14 @@ def paste_window(
     feather: int = 0,
     blend: str = "none",
 ) -> torch.Tensor:
-    """`image` (uint8 (3, H, W)) with the model's `fill` (uint8 (3, S, S) of `window`)
-    brought back to the window's resolution and pasted into the masked pixels only
-    (`paste_known` within the window)."""
-    if window.side != fill.shape[-1]:
-        fill = _resize(fill, window.side)
-    rows, cols, wrows, wcols = _overlap(window, *image.shape[1:])
+    """`image` (uint8 (3, H, W)) with the model's `fill` (uint8 (3, S, S) of `window`): the
+    image's part of the fill (`_model_region`) brought back to its resolution and pasted
+    into the masked pixels only (`paste_known` within the window)."""
+    rows, cols, model_rows, model_cols = _model_region(window, *image.shape[1:], fill.shape[-1])
+    part = _resize(fill[:, model_rows, model_cols], (_length(rows), _length(cols)))
     out = image.clone()
     out[:, rows, cols] = paste_known(
-        image[None, :, rows, cols],
-        fill[None, :, wrows, wcols],
-        mask[None, rows, cols],
-        feather=feather,
-        blend=blend,
+        image[None, :, rows, cols], part[None], mask[None, rows, cols], feather=feather, blend=blend
     )[0]
     return out
 
