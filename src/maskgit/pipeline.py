@@ -465,6 +465,24 @@ class MaskGIT:
 
 Pad = int | str | Sequence[int | str]  # a margin: pixels (16) or a percentage ("25%")
 DEFAULT_PAD = "50%"  # the image in the central half of the canvas
+# The largest outpaint canvas, for the Python API, the CLI and the web server alike (which also
+# downscales larger uploads to it): 4096 px a side, 16 MP. A canvas is allocated whole
+# (uint8 pixels and a bool mask, 4 bytes a pixel) and pasted in float32 copies: ~1 GB at
+# 16 MP, within a laptop's memory; a 60000x60000 canvas would need ~120 GB (#29.12). The side
+# limit keeps the model's window, a square of the canvas's longer side, within 4096 px too.
+MAX_SIDE = 4096
+MAX_PIXELS = 16_000_000
+
+
+def check_canvas(width: int, height: int, source: str) -> None:
+    """ValueError naming `source` (the option that made the canvas) when a `width` x
+    `height` outpaint canvas is over MAX_SIDE px a side or MAX_PIXELS pixels."""
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ValueError(
+            f"{source}: the outpaint canvas would be {width}x{height}, over the limit of "
+            f"{MAX_SIDE} px a side and {MAX_PIXELS:,} pixels; give a smaller canvas, margin "
+            "or image"
+        )
 
 
 @dataclass(frozen=True)
@@ -552,7 +570,8 @@ def outpaint_layout(
     and right, of its height for top and bottom, so a uniform percentage keeps the aspect
     ratio). Or `canvas` (width, height), the output size, with `at` (x, y) the image's
     top-left corner on it (default: centred). Neither: DEFAULT_PAD. The canvas must hold the
-    image and be larger than it (something to generate). ValueError names what is wrong.
+    image, be larger than it (something to generate) and within `check_canvas`'s limit.
+    ValueError names what is wrong.
     """
     if pad is not None and (canvas is not None or at is not None):
         raise ValueError("give an outpaint margin (pad) or a canvas size and position, not both")
@@ -563,6 +582,7 @@ def outpaint_layout(
         left, right = _pixels(left, width), _pixels(right, width)
         top, bottom = _pixels(top, height), _pixels(bottom, height)
         placement = Placement(left + width + right, top + height + bottom, left, top)
+        source = f"pad={DEFAULT_PAD if pad is None else pad!r}"
     else:
         size = _ints(canvas, "canvas", "width, height")
         if min(size) < 1:
@@ -580,11 +600,13 @@ def outpaint_layout(
                 f"a {width}x{height} image at {where} does not fit on a "
                 f"{size[0]}x{size[1]} canvas: it must lie inside"
             )
+        source = f"canvas={size}"
     if (placement.width, placement.height) == (width, height):
         raise ValueError(
             f"outpaint canvas {placement.width}x{placement.height} is the image's own size: "
             "nothing to generate (give a margin or a larger canvas)"
         )
+    check_canvas(placement.width, placement.height, source)
     return placement
 
 
