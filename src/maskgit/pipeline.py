@@ -433,8 +433,9 @@ class MaskGIT:
         image's pixels are exact inside its placement. The model fills the canvas at its own
         resolution (as `inpaint` fills a hole: the whole canvas shrunk into the model's square
         when the new area surrounds the image), and the generated area is brought back to the
-        canvas's resolution. Other arguments as `inpaint` (step frames are at the model's
-        resolution).
+        canvas's resolution. A canvas over MAX_SIDE px a side or MAX_PIXELS pixels is refused
+        (ValueError) before it is made. Other arguments as `inpaint` (step frames are at the
+        model's resolution).
         """
         if "box" in kwargs:
             raise TypeError(
