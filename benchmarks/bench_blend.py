@@ -8,6 +8,8 @@ share of an inpaint call, and on a large picture, `blend="none"` against `"seaml
    image (one factorisation serves the batch) or moved in each (one factorisation each).
 2. A 2048x2048 picture with a 1024x1024 hole (filled from the whole picture, pasted at full
    resolution): the inpaint call with each blend, and the paste alone.
+3. The largest outpaint canvas (pipeline.MAX_SIDE, MAX_PIXELS): a 2048x1953 picture with a
+   50% margin, 4096x3905, 12 MP to generate: the outpaint call with each blend.
 
 Best of --repeats runs each (wall clock). On a machine shared with other jobs the numbers
 are noisy: the load average is printed with them.
@@ -95,6 +97,18 @@ def large_picture(model, side: int, hole: int, repeats: int) -> dict[str, float]
     return times
 
 
+def largest_outpaint(model, repeats: int) -> dict[str, float]:
+    """Seconds of outpainting a 2048x1953 picture to 4096x3905 (under MAX_PIXELS), each blend."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 1953, 2048), generator=generator, dtype=torch.uint8)
+    return {
+        blend: best_of(repeats, lambda b=blend: model.outpaint(image, pad="50%", blend=b))
+        for blend in ("none", "seamless")
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8, help="images per call (default 8)")
@@ -135,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             f"({times['call seamless'] / times['call none']:.2f}x); paste alone none "
             f"{times['paste none']:.2f} s, seamless {times['paste seamless']:.2f} s"
         )
+    times = largest_outpaint(model, args.repeats)
+    print(
+        f"outpaint 2048x1953 -> 4096x3905: none {times['none']:.2f} s, seamless "
+        f"{times['seamless']:.2f} s ({times['seamless'] / times['none']:.2f}x)"
+    )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
