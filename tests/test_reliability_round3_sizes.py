@@ -69,7 +69,6 @@ import sys
 import numpy as np, torch
 torch.set_num_threads(1)
 from maskgit.pipeline import MaskGIT
-from maskgit.fill import harmonic_fill
 
 def peak():
     return int([x for x in open("/proc/self/status") if x.startswith("VmHWM:")][0].split()[1])
@@ -93,12 +92,12 @@ print((peak() - before) // 1024)  # MiB
 @pytest.mark.parametrize("blend", ["none", "seamless"])
 @pytest.mark.parametrize(("width", "height"), [(10_000, 10), (2, 20_000)])
 def test_a_long_thin_image_costs_memory_of_its_pixels(model_dir, width, height, blend):
-    """0.1 MP, 20000x2 and 10000x10 (wide and tall): the model's square window of the whole
+    """10000x10 (wide, 0.1 MP) and 2x20000 (tall): the model's square window of the whole
     picture used to be built at full resolution (10000x10000: 1.3 GB; 20000x2: 4.6 GB) and
     the seamless blend took minutes on the strip; now its region is resized into the model's
     square, padded there, and the fill resized back to the region alone."""
     grown = run_python(LONG_THIN_SCRIPT, model_dir, width, height, blend, timeout=60)
-    assert int(grown.split()[-1]) < 60, f"peak RSS grew by {grown.split()[-1]} MiB"
+    assert int(grown.split()[-1]) < 100, f"peak RSS grew by {grown.split()[-1]} MiB"
 
 
 def test_a_window_that_overhangs_a_non_square_image_is_white_in_the_models_view():
