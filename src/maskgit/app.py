@@ -61,16 +61,23 @@ from maskgit.data import IMAGE_SUFFIXES
 from maskgit.decoding import DecodeStep
 from maskgit.options import DEFAULT_DECODING, DecodingOptions, option_names
 from maskgit.phases import DECODING_PHASE, checkpoint, watched
-from maskgit.pipeline import DEFAULT_PAD, outpaint_canvas, outpaint_layout, parse_pad
+from maskgit.pipeline import (
+    DEFAULT_PAD,
+    MAX_PIXELS,
+    MAX_SIDE,
+    outpaint_canvas,
+    outpaint_layout,
+    parse_pad,
+)
 from maskgit.reader import fit_mask, image_tensor, mask_tensor, upright
 
 WEB_DIR = Path(__file__).parent / "web"
 SAMPLES_DIR = Path(__file__).parent / "samples" / "images"
 
+# MAX_SIDE, MAX_PIXELS (from the pipeline): larger uploads are downscaled (with a notice)
+# before use; a larger outpaint canvas is refused (outpaint_layout), as in the CLI
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # one file; larger -> 413
 MAX_REQUEST_BYTES = 2 * MAX_UPLOAD_BYTES + 1024 * 1024  # image + mask + form fields
-MAX_SIDE = 4096  # larger images are downscaled (with a notice) before use
-MAX_PIXELS = 16_000_000
 DECODE_SLOTS = 2  # uploads decoded at the same time; more wait for a slot
 DECODE_WAIT_S = 60.0  # then 503
 DECODE_BYTES_PER_PIXEL = 40  # peak memory of decoding + converting one pixel (RGBA, copies)
@@ -908,15 +915,6 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
             placement = outpaint_layout(pixels.shape[2], pixels.shape[1], margin)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        if max(placement.width, placement.height) > MAX_SIDE or (
-            placement.width * placement.height > MAX_PIXELS
-        ):
-            raise ApiError(
-                400,
-                f"pad={margin}: the outpainted picture would be {placement.width}x"
-                f"{placement.height}, over the limit of {MAX_SIDE} px a side and "
-                f"{MAX_PIXELS:,} pixels; give a smaller margin or image",
-            )
         canvas, mask = outpaint_canvas(pixels, placement)
         inputs = {"image": canvas, "mask": mask}
         job = jobs.submit("outpaint", options, inputs, notices, extra={"pad": margin})

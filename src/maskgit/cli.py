@@ -487,7 +487,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 def cmd_outpaint(args: argparse.Namespace) -> int:
     from maskgit.inpaint_files import outpaint_files
-    from maskgit.pipeline import MaskGIT, check_run_options, parse_pad
+    from maskgit.pipeline import MaskGIT, check_canvas, check_run_options, parse_pad
 
     started = time.perf_counter()
     options = decoding_options(args)
@@ -496,6 +496,8 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
         raise ValueError("--pad and --canvas: give one of them")
     if args.at is not None and args.canvas is None:
         raise ValueError("--at X Y: give --canvas W H too")
+    if args.canvas is not None:  # fails before loading; --pad is checked with each image
+        check_canvas(*args.canvas, f"--canvas {args.canvas[0]} {args.canvas[1]}")
     pad = None if args.pad is None else parse_pad(" ".join(args.pad))  # fails before loading
     _guard_out(args.out, [], model=args.model)
     model = MaskGIT.from_pretrained(args.model, device=args.device, quantize=args.quantize)

@@ -352,6 +352,23 @@ def outpaint_files(
     )
 
 
+class _Lazy(Sequence[Any]):
+    """A sequence of `length` items, item i made by `make(i)` only when it is asked for."""
+
+    def __init__(self, length: int, make: Callable[[int], Any]):
+        self.length, self.make = length, make
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self.make(i) for i in range(*index.indices(self.length))]
+        if not -self.length <= index < self.length:
+            raise IndexError(index)
+        return self.make(index % self.length)
+
+
 def generate_files(
     model: MaskGIT,
     n: int,
@@ -379,11 +396,11 @@ def generate_files(
     size = model.image_size
     blank = torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8)
     full = torch.ones(size, size, dtype=torch.bool)
-    return _write_batches(
+    return _write_batches(  # names and canvases made batch by batch: n may be 10**12 (#29.12)
         model,
-        [f"{prefix}_{i:0{digits}d}" for i in range(n)],
-        [blank] * n,
-        [full] * n,
+        _Lazy(n, lambda i: f"{prefix}_{i:0{digits}d}"),
+        _Lazy(n, lambda i: blank),
+        _Lazy(n, lambda i: full),
         out,
         options,
         save_steps=save_steps,

@@ -30,7 +30,7 @@ from maskgit.fill import classical_fill, harmonic_fill
 from maskgit.masking import pixel_to_token_mask
 from maskgit.options import BLENDS, DecodingOptions, resolve
 from maskgit.phases import DECODING_PHASE, checkpoint
-from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor, resize_image
+from maskgit.reader import ImageLike, fit_mask, image_tensor, mask_tensor
 from maskgit.tokenizer.model import VQGAN
 from maskgit.transformer import BidirectionalTransformer
 
@@ -106,42 +106,54 @@ def crop_window(
     return Window(start(y0, y1, height), start(x0, x1, width), side, False)
 
 
-def _overlap(window: Window, height: int, width: int) -> tuple[slice, slice, slice, slice]:
-    """(image rows, image cols, window rows, window cols) of the part inside the image."""
-    iy0, iy1 = max(window.top, 0), min(window.top + window.side, height)
-    ix0, ix1 = max(window.left, 0), min(window.left + window.side, width)
-    return (
-        slice(iy0, iy1),
-        slice(ix0, ix1),
-        slice(iy0 - window.top, iy1 - window.top),
-        slice(ix0 - window.left, ix1 - window.left),
-    )
+def _model_region(
+    window: Window, height: int, width: int, model_size: int
+) -> tuple[slice, slice, slice, slice]:
+    """Where the part of `window` inside a `height` x `width` image lies: (image rows, image
+    cols) and, in the window brought to the model's `model_size` square, (model rows, model
+    cols), each at least one pixel. Only this part is ever resized, in both directions: the
+    padding of the window exists at the model's resolution only, so memory and time grow
+    with the image's pixels, not with the window's side squared (#29.9: a 10000x10 image
+    would otherwise make a 10000x10000 window)."""
+    scale = model_size / window.side
+
+    def axis(start: int, extent: int) -> tuple[slice, slice]:
+        lo, hi = max(start, 0), min(start + window.side, extent)
+        first = min(round((lo - start) * scale), model_size - 1)
+        last = min(max(round((hi - start) * scale), first + 1), model_size)
+        return slice(lo, hi), slice(first, last)
+
+    (rows, model_rows), (cols, model_cols) = axis(window.top, height), axis(window.left, width)
+    return rows, cols, model_rows, model_cols
+
+
+def _length(part: slice) -> int:
+    return part.stop - part.start
 
 
 def to_model_view(
     image: torch.Tensor, mask: torch.Tensor, window: Window, model_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The window of uint8 `image` (3, H, W) and bool `mask` (H, W) at the model's size:
-    (uint8 (3, S, S), bool (S, S)). Padding is white and known; the image is resized bicubic
-    (aspect kept: the window is square), the mask by the any-part rule (`fit_mask`)."""
-    rows, cols, wrows, wcols = _overlap(window, *image.shape[1:])
-    if window.top == 0 and window.left == 0 and tuple(image.shape[1:]) == (window.side,) * 2:
-        crop, crop_mask = image, mask  # the whole square image: no copy
-    else:
-        crop = torch.full((3, window.side, window.side), PAD_VALUE, dtype=torch.uint8)
-        crop_mask = torch.zeros(window.side, window.side, dtype=torch.bool)
-        crop[:, wrows, wcols] = image[:, rows, cols]
-        crop_mask[wrows, wcols] = mask[rows, cols]
-    if window.side != model_size:
-        crop = _resize(crop, model_size)
-        crop_mask = fit_mask(crop_mask, model_size)
+    (uint8 (3, S, S), bool (S, S)). The image's part of the window is resized bicubic (the
+    window is square, so the aspect is kept) to its place in the square, its mask by the
+    any-part rule (`fit_mask`); the rest of the square is padding, white and known."""
+    rows, cols, model_rows, model_cols = _model_region(window, *image.shape[1:], model_size)
+    shape = (_length(model_rows), _length(model_cols))
+    crop = torch.full((3, model_size, model_size), PAD_VALUE, dtype=torch.uint8)
+    crop_mask = torch.zeros(model_size, model_size, dtype=torch.bool)
+    crop[:, model_rows, model_cols] = _resize(image[:, rows, cols], shape)
+    crop_mask[model_rows, model_cols] = fit_mask(mask[rows, cols], shape)
     return crop, crop_mask
 
 
-def _resize(image: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 (3, s, s) -> (3, side, side), bicubic (the reader's resize)."""
-    array = resize_image(np.ascontiguousarray(image.permute(1, 2, 0).numpy()), side)
-    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1)
+def _resize(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """uint8 (3, h, w) -> (3, *shape), bicubic (PIL's, as the reader resizes)."""
+    if tuple(image.shape[1:]) == tuple(shape):
+        return image
+    array = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
+    resized = array.resize((shape[1], shape[0]), Image.BICUBIC)
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
 
 
 def paste_window(
@@ -152,19 +164,14 @@ def paste_window(
     feather: int = 0,
     blend: str = "none",
 ) -> torch.Tensor:
-    """`image` (uint8 (3, H, W)) with the model's `fill` (uint8 (3, S, S) of `window`)
-    brought back to the window's resolution and pasted into the masked pixels only
-    (`paste_known` within the window)."""
-    if window.side != fill.shape[-1]:
-        fill = _resize(fill, window.side)
-    rows, cols, wrows, wcols = _overlap(window, *image.shape[1:])
+    """`image` (uint8 (3, H, W)) with the model's `fill` (uint8 (3, S, S) of `window`): the
+    image's part of the fill (`_model_region`) brought back to its resolution and pasted
+    into the masked pixels only (`paste_known` within the window)."""
+    rows, cols, model_rows, model_cols = _model_region(window, *image.shape[1:], fill.shape[-1])
+    part = _resize(fill[:, model_rows, model_cols], (_length(rows), _length(cols)))
     out = image.clone()
     out[:, rows, cols] = paste_known(
-        image[None, :, rows, cols],
-        fill[None, :, wrows, wcols],
-        mask[None, rows, cols],
-        feather=feather,
-        blend=blend,
+        image[None, :, rows, cols], part[None], mask[None, rows, cols], feather=feather, blend=blend
     )[0]
     return out
 
@@ -433,8 +440,9 @@ class MaskGIT:
         image's pixels are exact inside its placement. The model fills the canvas at its own
         resolution (as `inpaint` fills a hole: the whole canvas shrunk into the model's square
         when the new area surrounds the image), and the generated area is brought back to the
-        canvas's resolution. Other arguments as `inpaint` (step frames are at the model's
-        resolution).
+        canvas's resolution. A canvas over MAX_SIDE px a side or MAX_PIXELS pixels is refused
+        (ValueError) before it is made. Other arguments as `inpaint` (step frames are at the
+        model's resolution).
         """
         if "box" in kwargs:
             raise TypeError(
@@ -465,6 +473,24 @@ class MaskGIT:
 
 Pad = int | str | Sequence[int | str]  # a margin: pixels (16) or a percentage ("25%")
 DEFAULT_PAD = "50%"  # the image in the central half of the canvas
+# The largest outpaint canvas, for the Python API, the CLI and the web server alike (which also
+# downscales larger uploads to it): 4096 px a side, 16 MP. A canvas is allocated whole
+# (uint8 pixels and a bool mask, 4 bytes a pixel) and pasted in float32 copies: ~1 GB at
+# 16 MP, within a laptop's memory; a 60000x60000 canvas would need ~120 GB (#29.12). The side
+# limit keeps the model's window, a square of the canvas's longer side, within 4096 px too.
+MAX_SIDE = 4096
+MAX_PIXELS = 16_000_000
+
+
+def check_canvas(width: int, height: int, source: str) -> None:
+    """ValueError naming `source` (the option that made the canvas) when a `width` x
+    `height` outpaint canvas is over MAX_SIDE px a side or MAX_PIXELS pixels."""
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ValueError(
+            f"{source}: the outpaint canvas would be {width}x{height}, over the limit of "
+            f"{MAX_SIDE} px a side and {MAX_PIXELS:,} pixels; give a smaller canvas, margin "
+            "or image"
+        )
 
 
 @dataclass(frozen=True)
@@ -552,7 +578,8 @@ def outpaint_layout(
     and right, of its height for top and bottom, so a uniform percentage keeps the aspect
     ratio). Or `canvas` (width, height), the output size, with `at` (x, y) the image's
     top-left corner on it (default: centred). Neither: DEFAULT_PAD. The canvas must hold the
-    image and be larger than it (something to generate). ValueError names what is wrong.
+    image, be larger than it (something to generate) and within `check_canvas`'s limit.
+    ValueError names what is wrong.
     """
     if pad is not None and (canvas is not None or at is not None):
         raise ValueError("give an outpaint margin (pad) or a canvas size and position, not both")
@@ -563,6 +590,7 @@ def outpaint_layout(
         left, right = _pixels(left, width), _pixels(right, width)
         top, bottom = _pixels(top, height), _pixels(bottom, height)
         placement = Placement(left + width + right, top + height + bottom, left, top)
+        source = f"pad={DEFAULT_PAD if pad is None else pad!r}"
     else:
         size = _ints(canvas, "canvas", "width, height")
         if min(size) < 1:
@@ -580,11 +608,13 @@ def outpaint_layout(
                 f"a {width}x{height} image at {where} does not fit on a "
                 f"{size[0]}x{size[1]} canvas: it must lie inside"
             )
+        source = f"canvas={size}"
     if (placement.width, placement.height) == (width, height):
         raise ValueError(
             f"outpaint canvas {placement.width}x{placement.height} is the image's own size: "
             "nothing to generate (give a margin or a larger canvas)"
         )
+    check_canvas(placement.width, placement.height, source)
     return placement
 
 
