@@ -326,7 +326,9 @@ def test_every_phase_of_inpainting_is_reported(model_dir):
     named = [p for p in phases if p is not None]
     words = ["pre-filling", "encoding", DECODING_PHASE, "pasting", "step pictures"]
     assert [any(w in p for p in named) for w in words] == [True] * len(words), named
-    assert phases.count(None) >= 2, "no checkpoint inside the seamless blend"
+    # the blend checkpoints once per image (an exact solve at this size: milliseconds) and
+    # once per sweep of a large hole's coarse-to-fine solve (the next test)
+    assert phases.count(None) >= 1, "no checkpoint inside the seamless blend"
 
 
 def test_the_seamless_blend_stops_at_a_checkpoint():
