@@ -14,8 +14,10 @@ unreadable or empty file raises `maskgit.data.DataError` naming it), image/mask 
 equal), ground truth, options. Images of any size and aspect ratio are inpainted at their
 own size (the model fills a window around the hole, see `maskgit.pipeline.MaskGIT.inpaint`);
 outputs are PNG files of the input's size, equal to the input outside the mask, named after
-the inputs (`foo.jpg` -> `foo.png`), each written to a temporary name and renamed, so no
-half-written file is ever left behind. Step pictures (--save-steps) show the model's steps at
+the inputs (`foo.jpg` -> `foo.png`), tagged with the input's colour profile when it has an
+RGB one (`maskgit.reader.colour_profile`), each written to a temporary name and renamed, so
+no half-written file is ever left behind; an output name longer than the file system allows
+is refused before the first is written. Step pictures (--save-steps) show the model's steps at
 its resolution.
 """
 
