@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 import test_hostile_inputs as hostile
 from maskgit.checkpoint import CheckpointError, load_model
-from maskgit.data import INDEX_FILE, TOKENS_FILE, load_tokens
+from maskgit.data import INDEX_FILE, TOKENS_FILE, load_folder, load_tokens
 from test_hostile_inputs import CPU, SIZE, assert_error, cli, write_image, write_mask
 
 files = hostile.files  # the module's fixture: a tiny model, images, masks, tokens
@@ -220,6 +220,14 @@ def test_a_float_tiff_of_0_to_255_names_the_file(files, tmp_path, capsys):
     Image.fromarray(np.full((SIZE, SIZE), 200.0, dtype=np.float32), "F").save(path)
     result = hostile.inpaint(capsys, files, path.parent, tmp_path / "out")
     assert_error(result, 2, path, "[0, 1]")
+
+
+def test_a_float_tiff_in_a_training_folder_is_skipped_and_counted(tmp_path):
+    folder = image_folder(tmp_path / "data", ["a.png"])
+    Image.fromarray(np.full((SIZE, SIZE), 200.0, dtype=np.float32), "F").save(folder / "b.tif")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\), e.g. b.tif"):
+        images, names = load_folder(folder, SIZE, progress=False)
+    assert names == ["a.png"] and images.shape == (1, 3, SIZE, SIZE)
 
 
 def test_a_32_bit_integer_tiff_names_the_file_and_what_is_read(files, tmp_path, capsys):
