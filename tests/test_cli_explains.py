@@ -294,3 +294,21 @@ def test_every_install_step_says_what_it_installs(tmp_path):
     for i in installs:
         assert "-q" in lines[i].split() and "== installing" in lines[i - 1], lines[i - 1 : i + 1]
     assert any("torch 2.13.0" in line for line in lines)
+
+
+def test_a_resize_to_the_models_size_is_said_once(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    from maskgit.data import load_folder
+
+    for name, side in [("a.png", 32), ("b.png", 32), ("c.png", 16)]:
+        Image.new("RGB", (side, side), (200, 10, 10)).save(tmp_path / name)
+    with pytest.warns(UserWarning, match=r"resized 2 of 3 image\(s\) to the model's 16x16, e"):
+        images, names = load_folder(tmp_path, 16, progress=False)
+    assert images.shape == (3, 3, 16, 16) and names == ["a.png", "b.png", "c.png"]
+    (tmp_path / "a.png").unlink(), (tmp_path / "b.png").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the model's size: nothing to say
+        load_folder(tmp_path, 16, progress=False)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
+from torch.overrides import TorchFunctionMode
 
 from maskgit.config import ConfigError, TokenizerConfig, TransformerConfig, from_dict, to_dict
 from maskgit.fileio import atomic_write
@@ -125,17 +129,26 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def load_model(
     path: str | Path, expected_kind: str | None = None, device: torch.device | str = "cpu"
 ) -> nn.Module:
-    """Rebuild a model from its file alone (config from the metadata), in eval mode, fp32."""
+    """Rebuild a model from its file alone (config from the metadata), in eval mode, fp32.
+
+    Before anything is built, the config is checked against the tensors the file's header
+    lists (names, shapes, float or integer): building it costs no more memory than the file
+    holds, whatever its metadata says. Weights must be finite (`load_weights`).
+    """
     path = Path(path)
     metadata = read_metadata(path)
     kind = metadata["kind"]
     if expected_kind is not None and kind != expected_kind:
         raise CheckpointError(f"{path}: holds a {kind}, expected a {expected_kind}")
     config_cls, model_cls = MODEL_KINDS[kind]
+    header = _header(path)
     try:
         cfg = from_dict(config_cls, json.loads(metadata["config"]))
+        check_tensors(_tensors(_build_within(model_cls, cfg, header, path)), header, path)
         model = model_cls(cfg)
-    except (ConfigError, json.JSONDecodeError) as exc:
+    except CheckpointError:
+        raise
+    except (ConfigError, json.JSONDecodeError, RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid config in checkpoint ({exc})") from exc
     try:
         state = load_file(str(path))
@@ -146,22 +159,127 @@ def load_model(
     return model.to(device).eval()
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Load a state dict strictly; a missing, extra or misshapen tensor names the file."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+Tensors = dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype name: "float32")
+
+
+def _dtype_name(code: str) -> str:
+    """A safetensors header dtype as torch names it: F32 -> float32, I64 -> int64."""
+    for prefix, kind in (("BF", "bfloat"), ("F", "float"), ("I", "int"), ("U", "uint")):
+        if code.startswith(prefix) and code[len(prefix) : len(prefix) + 1].isdigit():
+            return kind + code[len(prefix) :].lower()
+    return code.lower()  # BOOL
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
+
+
+def _tensors(model: nn.Module) -> Tensors:
+    return {
+        name: (tuple(t.shape), str(t.dtype).removeprefix("torch."))
+        for name, t in model.state_dict().items()
+    }
+
+
+def _header(path: Path) -> Tensors:
+    """The tensors a safetensors file lists in its header (read without their values)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {
+                name: (
+                    tuple(handle.get_slice(name).get_shape()),
+                    _dtype_name(handle.get_slice(name).get_dtype()),
+                )
+                for name in handle.keys()  # noqa: SIM118 (a handle, not a dict)
+            }
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt weights ({exc})") from exc
+
+
+def _build_within(model_cls: type, cfg: Any, header: Tensors, path: Path) -> nn.Module:
+    """`model_cls(cfg)` on the meta device (no memory), stopped with CheckpointError at the
+    first parameter beyond the file's tensors (their count or their values): a config that
+    describes a larger model than the file holds costs nothing to refuse."""
+    most_tensors = len(header)
+    most_values = sum(math.prod(shape) for shape, _ in header.values())
+    seen: set[int] = set()
+    values = 0
+    thread = threading.get_ident()
+
+    def count(_module: nn.Module, _name: str, param: nn.Parameter | None) -> None:
+        nonlocal values
+        if param is None or id(param) in seen or threading.get_ident() != thread:
+            return
+        seen.add(id(param))
+        values += param.numel()
+        if len(seen) > most_tensors or values > most_values:
+            raise CheckpointError(
+                f"{path}: the config in its metadata describes a larger model than the "
+                f"file's {most_tensors} tensors ({most_values:,} values) hold: it needs a "
+                f"tensor of shape {tuple(param.shape)} beyond them; the config does not "
+                "belong to these weights"
+            )
+
+    hook = register_module_parameter_registration_hook(count)
+    try:
+        with torch.device("meta"), _NoNormalInit():
+            return model_cls(cfg)
+    finally:
+        hook.remove()
+
+
+class _NoNormalInit(TorchFunctionMode):
+    """`normal_` does nothing: on the meta device there are no values to draw, and torch's
+    meta kernel for it imports ~800 modules (1 to 2 s) on first use."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.normal_, nn.init.normal_):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def check_tensors(expected: Tensors, found: Tensors, path: str | Path) -> None:
+    """The tensors `found` in a file are those `expected` by the model: the same names,
+    shapes and kind of values (floating point or integer); CheckpointError names the file."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match the model (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]})"
         )
-    for name, tensor in state.items():
-        if tensor.shape != own[name].shape:
+    for name, (shape, dtype) in found.items():
+        want_shape, want_dtype = expected[name]
+        if shape != want_shape:
             raise CheckpointError(
-                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
-                f"the config expects {tuple(own[name].shape)}"
+                f"{path}: tensor {name} has shape {shape}, the config expects {want_shape}"
             )
+        if _is_float(dtype) != _is_float(want_dtype):
+            kind = "floating-point" if _is_float(want_dtype) else "integer"
+            raise CheckpointError(
+                f"{path}: tensor {name} is stored as {dtype}, the model expects {kind} values "
+                f"({want_dtype})"
+            )
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load a state dict strictly; a missing, extra or misshapen tensor, integers where the
+    model holds floats (or the reverse) and NaN or infinite values name the file."""
+    found = {
+        name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state.items()
+    }
+    check_tensors(_tensors(model), found, path)
+    for name, tensor in state.items():
+        # one pass: NaN or infinity makes the sum so (a finite sum that overflows is counted)
+        if tensor.is_floating_point() and not torch.isfinite(tensor.sum()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{path}: tensor {name} holds {bad} of {tensor.numel()} values that are "
+                    "not finite (NaN or infinity): the weights are broken, e.g. saved from a "
+                    "training run that diverged"
+                )
     model.load_state_dict(state)
 
 

@@ -15,18 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, safe_open, save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from maskgit.fileio import atomic_write
 from maskgit.reader import DataError
 from maskgit.reader import read_image as load_image
+from maskgit.reader import resize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (a 6324 x 6324 image)
 TOKENS_FILE = "tokens.safetensors"
-INDEX_FILE = "index.txt"
+INDEX_FILE = "index.txt"  # the names of token folders written before issue #29 (one a line)
+NAMES_KEY = "names"  # the token file's metadata: JSON list of the images' file names
 SKIPPED_NAMES_SHOWN = 3  # unreadable files named in load_folder's warning
 
 
@@ -54,13 +56,19 @@ def load_folder(
 
     Unreadable files (empty, truncated, corrupt, or read by PIL but not an image the reader
     takes, e.g. a float TIFF of 0..255) are skipped and counted in one warning naming the
-    first few; none readable is an error naming the first file and why.
+    first few; none readable is an error naming the first file and why. Files whose name is
+    no plain line of UTF-8 text (`plain_name`) are skipped the same way, before any is read.
+    Images of another size than `size` are resized (squashed to a square), said once.
     """
-    paths = list_images(folder)
-    arrays, names, bad = [], [], []
+    paths = _plain_names(list_images(folder), folder)
+    arrays, names, bad, resized = [], [], [], []
     for path in tqdm(paths, desc=f"reading {Path(folder).name}", disable=not progress, leave=False):
         try:
-            arrays.append(load_image(path, size))
+            array = load_image(path)  # (H, W, 3) at its own size
+            if array.shape[:2] != (size, size):
+                resized.append(f"{path.name} ({array.shape[1]}x{array.shape[0]})")
+                array = resize_image(array, size)
+            arrays.append(array)
             names.append(path.name)
         except Exception as exc:  # decoders of arbitrary files raise many types: the file's fault
             reason = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
@@ -79,8 +87,42 @@ def load_folder(
             f"(first: {bad[0][1]})",
             stacklevel=2,
         )
+    if resized:
+        warnings.warn(
+            f"{folder}: resized {len(resized)} of {len(arrays)} image(s) to the model's "
+            f"{size}x{size}, e.g. {resized[0]} (set tokenizer.image_size for another size)",
+            stacklevel=2,
+        )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return images, names
+
+
+def plain_name(name: str) -> bool:
+    """A file name that is one line of UTF-8 text: no line break (of any kind str.splitlines
+    knows) and no byte that is not UTF-8 (which Python holds as a lone surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return name.splitlines() == [name]
+
+
+def _plain_names(paths: list[Path], folder: str | Path) -> list[Path]:
+    """`paths` without those whose name is not plain (one warning naming the first)."""
+    odd = [path for path in paths if not plain_name(path.name)]
+    if not odd:
+        return paths
+    if len(odd) == len(paths):
+        raise DataError(
+            f"{folder}: every image's file name holds a line break or is not UTF-8, e.g. "
+            f"{odd[0].name!r}; rename the files"
+        )
+    warnings.warn(
+        f"{folder}: skipped {len(odd)} image(s) whose file name holds a line break or is not "
+        f"UTF-8 (rename to use them), e.g. {odd[0].name!r}",
+        stacklevel=3,
+    )
+    return [path for path in paths if plain_name(path.name)]
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -143,37 +185,50 @@ class TokenDataset(Dataset):
 
 
 def save_tokens(folder: str | Path, tokens: torch.Tensor, names: list[str], meta: dict) -> None:
-    """Write token grids (N, h, w) as a compact integer shard plus an index of file names."""
+    """Write token grids (N, h, w) as one compact integer shard holding its file names.
+
+    One file, written atomically, so that names and grids never disagree; the names are in
+    its metadata (NAMES_KEY, a JSON list). An `index.txt` left by an older tokenize is removed.
+    """
+    if len(names) != len(tokens):
+        raise ValueError(f"{len(names)} names for {len(tokens)} token grids")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = torch.int16 if int(meta["codebook_size"]) <= 32767 else torch.int32
-    metadata = {k: json.dumps(v) for k, v in meta.items()}
+    metadata = {k: json.dumps(v) for k, v in {**meta, NAMES_KEY: list(names)}.items()}
     atomic_write(
         folder / TOKENS_FILE,
         lambda tmp: save_file(
             {"tokens": tokens.to(dtype).contiguous()}, str(tmp), metadata=metadata
         ),
     )
-    atomic_write(folder / INDEX_FILE, lambda tmp: tmp.write_text("\n".join(names) + "\n"))
+    stale = folder / INDEX_FILE
+    if stale.is_file():
+        stale.unlink()
 
 
 def load_tokens(folder: str | Path) -> tuple[torch.Tensor, list[str], dict]:
-    """Read a token folder: tokens (N, h, w) int64, file names, metadata dict."""
+    """Read a token folder: tokens (N, h, w) int64, file names, metadata dict.
+
+    Names come from the token file; a folder written before they were kept there has them
+    in `index.txt`, one a line.
+    """
     folder = Path(folder)
     path = folder / TOKENS_FILE
     if not path.is_file():
         raise DataError(f"{folder}: no {TOKENS_FILE} (make one with `maskgit tokenize`)")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             raw = handle.metadata() or {}
         tokens = load_file(str(path))["tokens"].long()
-    except (SafetensorError, OSError, KeyError) as exc:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path}: unreadable token file ({exc})") from exc
-    meta = {k: json.loads(v) for k, v in raw.items()}
-    index = folder / INDEX_FILE
-    names = index.read_text().splitlines() if index.is_file() else []
+    names = meta.pop(NAMES_KEY, None)
+    source = path
+    if names is None:  # an older token folder
+        source = folder / INDEX_FILE
+        names = source.read_text().splitlines() if source.is_file() else []
     if len(names) != len(tokens):
-        raise DataError(f"{index}: {len(names)} names for {len(tokens)} token grids")
+        raise DataError(f"{source}: {len(names)} names for {len(tokens)} token grids")
     return tokens, names, meta

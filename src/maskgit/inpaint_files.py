@@ -14,8 +14,10 @@ unreadable or empty file raises `maskgit.data.DataError` naming it), image/mask 
 equal), ground truth, options. Images of any size and aspect ratio are inpainted at their
 own size (the model fills a window around the hole, see `maskgit.pipeline.MaskGIT.inpaint`);
 outputs are PNG files of the input's size, equal to the input outside the mask, named after
-the inputs (`foo.jpg` -> `foo.png`), each written to a temporary name and renamed, so no
-half-written file is ever left behind. Step pictures (--save-steps) show the model's steps at
+the inputs (`foo.jpg` -> `foo.png`), tagged with the input's colour profile when it has an
+RGB one (`maskgit.reader.colour_profile`), each written to a temporary name and renamed, so
+no half-written file is ever left behind; an output name longer than the file system allows
+is refused before the first is written. Step pictures (--save-steps) show the model's steps at
 its resolution.
 """
 
@@ -32,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from maskgit.data import DataError, list_images
-from maskgit.fileio import check_no_overwrite
+from maskgit.fileio import check_name_lengths, check_no_overwrite
 from maskgit.options import DecodingOptions, resolve
 from maskgit.pipeline import (
     MASKED_PIXEL_VALUE,
@@ -42,7 +44,13 @@ from maskgit.pipeline import (
     outpaint_canvas,
     outpaint_layout,
 )
-from maskgit.reader import check_convention, image_tensor, read_image, read_mask
+from maskgit.reader import (
+    check_convention,
+    image_tensor,
+    read_image,
+    read_image_and_profile,
+    read_mask,
+)
 from maskgit.visualize import masked_preview, save_png, save_step_visuals
 
 STEPS_FOLDER = "steps"  # step visuals go to <out>/steps/
@@ -146,15 +154,16 @@ class LoadedInputs:
     images: list[torch.Tensor]  # uint8 (3, H, W)
     masks: list[torch.Tensor]  # bool (H, W), True = repaint
     ground_truths: list[Image.Image | None]
+    profiles: list[bytes | None]  # each image's RGB colour profile (ICC), kept on its output
 
 
 def load_inputs(model: MaskGIT, pairs: Sequence[Pair], mask_convention: str) -> LoadedInputs:
     """Read every file of `pairs` at its own size and check sizes (nothing written)."""
     check_convention(mask_convention)
-    loaded = LoadedInputs(list(pairs), [], [], [])
+    loaded = LoadedInputs(list(pairs), [], [], [], [])
     mask_cache: dict[Path, torch.Tensor] = {}
     for pair in pairs:
-        array = read_image(pair.image)
+        array, profile = read_image_and_profile(pair.image)
         if pair.mask not in mask_cache:
             mask_cache[pair.mask] = read_mask(pair.mask, mask_convention)
         mask = mask_cache[pair.mask]
@@ -165,6 +174,7 @@ def load_inputs(model: MaskGIT, pairs: Sequence[Pair], mask_convention: str) -> 
                 "same size"
             )
         loaded.images.append(image_tensor(array, None))
+        loaded.profiles.append(profile)
         loaded.masks.append(mask)
         truth = None
         if pair.ground_truth is not None:
@@ -205,13 +215,15 @@ def _write_batches(
     options: DecodingOptions,
     *,
     ground_truths: Sequence[Image.Image | None] | None = None,
+    profiles: Sequence[bytes | None] | None = None,
     save_steps: bool = False,
     batch_size: int = 32,
     feather: int = 0,
     progress: bool = True,
     desc: str = "inpainting",
 ) -> list[Path]:
-    """Decode uint8 images (3, H, W) with bool masks (H, W) by batches; write `<name>.png`.
+    """Decode uint8 images (3, H, W) with bool masks (H, W) by batches; write `<name>.png`
+    (tagged with `profiles[i]`, the input's colour profile, when given).
 
     The progress bar counts decoding steps (batches x steps), so a single batch moves too.
 
@@ -238,7 +250,8 @@ def _write_batches(
         bar.update((number + 1) * steps - bar.n)  # a decode ends early when nothing is left
         for offset, image in enumerate(result.images):
             index = start + offset
-            written.append(save_png(image, out / f"{names[index]}.png"))
+            profile = profiles[index] if profiles else None
+            written.append(save_png(image, out / f"{names[index]}.png", profile))
             if save_steps:
                 save_step_visuals(
                     out / STEPS_FOLDER,
@@ -293,6 +306,7 @@ def inpaint_folder(
         out,
         options,
         ground_truths=inputs.ground_truths,
+        profiles=inputs.profiles,
         save_steps=save_steps,
         batch_size=batch_size,
         feather=feather,
@@ -328,9 +342,11 @@ def outpaint_files(
         _by_stem(files, images)  # two inputs must not write the same output
     written = _written([path.stem for path in files], save_steps)
     check_no_overwrite(out, written, [("image", path) for path in files])
-    canvases, masks = [], []
+    canvases, masks, profiles = [], [], []
     for path in files:
-        pixels = image_tensor(read_image(path), None)
+        array, profile = read_image_and_profile(path)
+        pixels = image_tensor(array, None)
+        profiles.append(profile)
         try:
             placement = outpaint_layout(pixels.shape[2], pixels.shape[1], pad, canvas, at)
         except ValueError as exc:
@@ -345,6 +361,7 @@ def outpaint_files(
         masks,
         out,
         options,
+        profiles=profiles,
         save_steps=save_steps,
         batch_size=batch_size,
         progress=progress,
@@ -393,6 +410,7 @@ def generate_files(
     out = Path(out)
     _check_out(out)
     digits = max(4, len(str(n - 1)))
+    check_name_lengths(out, _written([f"{prefix}_{n - 1:0{digits}d}"], save_steps))  # longest
     size = model.image_size
     blank = torch.full((3, size, size), MASKED_PIXEL_VALUE, dtype=torch.uint8)
     full = torch.ones(size, size, dtype=torch.bool)

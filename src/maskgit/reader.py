@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ UINT16_MAX = 65535
 UINT8_MAX = 255
 # PIL modes of 16-bit files (Pillow reads a 16-bit grey PNG as I;16, some TIFFs as I)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ICC_RGB = b"RGB "  # an ICC profile's colour space (header bytes 16..20) for RGB data
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
@@ -89,13 +92,46 @@ def open_image(path: str | Path) -> Image.Image:
 
 def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
     """An image file as uint8 RGB (H, W, 3), or (size, size, 3) when `size` is given."""
-    array = image_array(open_image(path))
+    array = read_image_and_profile(path)[0]
     return resize_image(array, size) if size is not None else array
+
+
+def read_image_and_profile(path: str | Path) -> tuple[np.ndarray, bytes | None]:
+    """An image file as uint8 RGB (H, W, 3) at its own size, and its RGB colour profile
+    (`colour_profile`); a value error (DataError) names the file."""
+    image = open_image(path)
+    with _as_data_error():
+        return image_array(image, what=str(path)), colour_profile(image)
+
+
+def colour_profile(image: Image.Image) -> bytes | None:
+    """The image's ICC profile when it describes RGB colours, else None.
+
+    Outputs keep it (the pixels are the input's, in its colour space); a grey, CMYK or Lab
+    profile does not describe the RGB output, which is then untagged (read as sRGB).
+    """
+    icc = image.info.get("icc_profile")
+    return icc if isinstance(icc, bytes) and icc[16:20] == ICC_RGB else None
 
 
 def read_mask(path: str | Path, convention: str = "white-repaint") -> torch.Tensor:
     """A mask file as bool (H, W) at its own size, True = repaint."""
-    return mask_tensor(open_image(path), None, convention)
+    check_convention(convention)
+    mask = open_image(path)
+    with _as_data_error():
+        return mask_tensor(mask, None, convention, what=str(path))
+
+
+@contextmanager
+def _as_data_error() -> Iterator[None]:
+    """A file's values that are no image (their message names the file) raise DataError, as
+    an unreadable file does (folders skip and count them)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- images
@@ -109,7 +145,11 @@ def _array_of(item: ImageLike, what: str) -> np.ndarray:
         if item.mode in SIXTEEN_BIT_MODES:
             array = np.asarray(item)
             if array.size and (array.min() < 0 or array.max() > UINT16_MAX):
-                raise ValueError(f"{what}: mode {item.mode} values outside 0..{UINT16_MAX}")
+                raise ValueError(
+                    f"{what}: mode {item.mode} values {array.min()}..{array.max()} are outside "
+                    f"0..{UINT16_MAX} (images read: 8-bit, 16-bit 0..{UINT16_MAX}, float "
+                    "0..1; 32-bit integer values above that are not: save it as 16-bit)"
+                )
             return array.astype(np.uint16)
         if "transparency" in item.info or item.mode in ("P", "PA", "La", "RGBa"):
             item = item.convert("RGBA")
@@ -145,7 +185,8 @@ def unit_values(array: np.ndarray, what: str = "image") -> np.ndarray:
             raise ValueError(f"{what}: float values must be finite (NaN or infinity found)")
         if values.size and (values.min() < 0 or values.max() > 1):
             raise ValueError(
-                f"{what}: float values must be in [0, 1] (got {values.min():g}..{values.max():g})"
+                f"{what}: float values must be in [0, 1] (got {values.min():g}..{values.max():g}"
+                "; an image of 0..255 values is read as 8-bit integers: save it as 8-bit)"
             )
         return values
     raise ValueError(
@@ -165,12 +206,13 @@ def _channels_last(values: np.ndarray, what: str) -> np.ndarray:
     return values
 
 
-def image_array(image: ImageLike) -> np.ndarray:
-    """Any accepted image -> uint8 RGB (H, W, 3), transparency composited on white."""
-    array = _array_of(image, "image")
+def image_array(image: ImageLike, what: str = "image") -> np.ndarray:
+    """Any accepted image -> uint8 RGB (H, W, 3), transparency composited on white; errors
+    begin with `what` (a file name, or "image")."""
+    array = _array_of(image, what)
     if array.dtype == np.uint8:  # the common case, without float copies of a large image
-        return _uint8_rgb(_channels_last(array, "image"))
-    values = _channels_last(unit_values(array, "image"), "image")
+        return _uint8_rgb(_channels_last(array, what))
+    values = _channels_last(unit_values(array, what), what)
     colour, alpha = _split_alpha(values)
     if colour.shape[2] == 1:
         colour = np.repeat(colour, 3, axis=2)
@@ -224,22 +266,25 @@ def check_convention(convention: str) -> str:
     return convention
 
 
-def mask_array(mask: ImageLike, convention: str = "white-repaint") -> np.ndarray:
-    """Any accepted mask -> bool (H, W), True = repaint, at its own size."""
+def mask_array(
+    mask: ImageLike, convention: str = "white-repaint", what: str = "mask"
+) -> np.ndarray:
+    """Any accepted mask -> bool (H, W), True = repaint, at its own size; errors begin with
+    `what` (a file name, or "mask")."""
     check_convention(convention)
-    array = _array_of(mask, "mask")
+    array = _array_of(mask, what)
     if array.dtype == np.bool_:  # already the package convention
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[..., 0]
         if array.ndim != 2:
-            raise ValueError(f"mask: a bool mask must be (H, W), got {tuple(array.shape)}")
+            raise ValueError(f"{what}: a bool mask must be (H, W), got {tuple(array.shape)}")
         return array
     if array.dtype == np.uint8:  # integer maths: no float copy of a large mask
-        colour, alpha = _split_alpha(_channels_last(array, "mask"))
+        colour, alpha = _split_alpha(_channels_last(array, what))
         white = 2 * colour.sum(axis=2, dtype=np.int32) >= UINT8_MAX * colour.shape[2]
         opaque = None if alpha is None else alpha >= (UINT8_MAX + 1) // 2
     else:
-        colour, alpha = _split_alpha(_channels_last(unit_values(array, "mask"), "mask"))
+        colour, alpha = _split_alpha(_channels_last(unit_values(array, what), what))
         white = colour.mean(axis=2) >= 0.5
         opaque = None if alpha is None else alpha >= 0.5
     repaint = white if convention == "white-repaint" else ~white
@@ -260,8 +305,8 @@ def fit_mask(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
 
 
 def mask_tensor(
-    mask: ImageLike, size: int | None, convention: str = "white-repaint"
+    mask: ImageLike, size: int | None, convention: str = "white-repaint", what: str = "mask"
 ) -> torch.Tensor:
     """Any accepted mask -> bool (size, size) (or its own size when `size` is None)."""
-    result = torch.from_numpy(np.ascontiguousarray(mask_array(mask, convention)))
+    result = torch.from_numpy(np.ascontiguousarray(mask_array(mask, convention, what)))
     return result if size is None else fit_mask(result, size)

@@ -292,10 +292,13 @@ def save_gif(
     return path
 
 
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (a reader never sees half a file); returns the path."""
+def save_png(image: Image.Image, path: str | Path, icc_profile: bytes | None = None) -> Path:
+    """Write a PNG atomically (a reader never sees half a file), tagged with `icc_profile`
+    when given (the input's colour profile, `maskgit.reader.colour_profile`); returns the path.
+    """
     path = Path(path)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    tags = {"icc_profile": icc_profile} if icc_profile else {}
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", **tags))
     return path
 
 
