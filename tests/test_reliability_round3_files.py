@@ -225,7 +225,7 @@ def test_a_float_tiff_of_0_to_255_names_the_file(files, tmp_path, capsys):
 def test_a_float_tiff_in_a_training_folder_is_skipped_and_counted(tmp_path):
     folder = image_folder(tmp_path / "data", ["a.png"])
     Image.fromarray(np.full((SIZE, SIZE), 200.0, dtype=np.float32), "F").save(folder / "b.tif")
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\), e.g. b.tif"):
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\) of 2: b.tif"):
         images, names = load_folder(folder, SIZE, progress=False)
     assert names == ["a.png"] and images.shape == (1, 3, SIZE, SIZE)
 

@@ -20,9 +20,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from maskgit.fileio import atomic_write
-from maskgit.reader import DataError
+from maskgit.reader import DataError, resize_image
 from maskgit.reader import read_image as load_image
-from maskgit.reader import resize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 40_000_000  # decompression-bomb guard (a 6324 x 6324 image)
