@@ -150,6 +150,12 @@ class TrainingConfig:
     batch_size: int = 64
     lr: float = 1e-4
     min_lr: float = 1e-6  # cosine annealing floor
+    # "cosine": warm-up, then cosine to min_lr over the whole run; "wsd" (warm-up, stable,
+    # decay): lr held after the warm-up until step decay_start (0 = no decay yet), then cosine
+    # to min_lr at the run's end. A wsd run continues leg after leg (more epochs on --resume)
+    # and decays in its last leg (--resume --set ...decay_start=STEP).
+    lr_schedule: str = "cosine"
+    decay_start: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -183,6 +189,9 @@ class TrainingConfig:
     def validate(self) -> None:
         _positive(self, "epochs", "batch_size", "grad_accum", "save_every")
         _choice(self, "rec_loss", ("l1", "l2"))
+        _choice(self, "lr_schedule", ("cosine", "wsd"))
+        if self.decay_start < 0:
+            raise ConfigError(f"training.decay_start={self.decay_start}: expected >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"training.val_fraction={self.val_fraction}: expected [0, 1)")
         if not 0.0 <= self.region_mask_fraction <= 1.0:

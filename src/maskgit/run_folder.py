@@ -34,7 +34,9 @@ LOCK_FILE = ".lock"  # held while a run trains; holds "<pid> <host>"
 # it means (grad_accum: the same global batch and data order, only the masks drawn from then
 # on differ; compile). Any other change (batch size, data split, model, learning-rate schedule,
 # seed, losses, masking, the other sections) would reinterpret the saved position or weights.
-RESUME_SAFE_KEYS = ("epochs", "max_steps", "save_every", "grad_accum", "compile")
+# decay_start: a wsd schedule's decay is set in its last leg; the steps before it were at the
+# held lr whatever its value (train.lr_at), so the saved position keeps its meaning.
+RESUME_SAFE_KEYS = ("epochs", "max_steps", "save_every", "grad_accum", "compile", "decay_start")
 # What a run of `{stage}` writes into its folder (globs relative to it)
 RUN_FILE_PATTERNS = (
     STATE_FILE,

@@ -276,10 +276,17 @@ def pick_device(device: str | None) -> str:
 
 
 def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
-    """Linear warm-up to cfg.lr, then cosine annealing to cfg.min_lr at `total` steps."""
+    """Linear warm-up to cfg.lr, then cosine annealing to cfg.min_lr at `total` steps: from the
+    warm-up's end ("cosine"), or from step cfg.decay_start with cfg.lr held until then ("wsd";
+    decay_start 0 = held to the end, so a run can go on leg after leg)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    start = cfg.warmup_steps
+    if cfg.lr_schedule == "wsd":
+        if cfg.decay_start <= 0 or step < cfg.decay_start:
+            return cfg.lr
+        start = cfg.decay_start
+    progress = min(1.0, (step - start) / max(1, total - start))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
