@@ -40,3 +40,19 @@ def require_extra(module: str, *, module_level: bool = False) -> ModuleType:
     if reason is not None:
         pytest.skip(reason, allow_module_level=module_level)
     return importlib.import_module(module)
+
+
+def _inception_available() -> bool:
+    from maskgit.fid import InceptionWeightsError, find_inception_weights
+
+    try:
+        find_inception_weights(None)
+        return True
+    except InceptionWeightsError:
+        return False
+
+
+# FID tests need the TF-Inception weights (`make test` fetches them)
+needs_inception = pytest.mark.skipif(
+    not _inception_available(), reason="Inception weights not found: run scripts/get_inception.sh"
+)

@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from extras import needs_inception
 from maskgit.cli import build_parser, main
-from maskgit.fid import InceptionWeightsError, find_inception_weights
 from maskgit.pipeline import MaskGIT
 from tiny_model import write_tiny_model
 
@@ -28,19 +28,6 @@ SIZE = 16  # the tiny preset
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 HEAVY = ("torch", "numpy", "PIL", "safetensors", "scipy", "cv2", "matplotlib")
-
-
-def _inception_available() -> bool:
-    try:
-        find_inception_weights(None)
-        return True
-    except InceptionWeightsError:
-        return False
-
-
-needs_inception = pytest.mark.skipif(
-    not _inception_available(), reason="Inception weights not found: run scripts/get_inception.sh"
-)
 
 
 @pytest.fixture(scope="module")

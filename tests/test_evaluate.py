@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from extras import needs_inception
 from maskgit.cli import main
 from maskgit.evaluate import (
     CEILING,
@@ -23,26 +24,12 @@ from maskgit.evaluate import (
     reference_fill,
     sweet_spots_from_one_decode,
 )
-from maskgit.fid import InceptionWeightsError, find_inception_weights
 from maskgit.options import DecodingOptions
 from maskgit.pipeline import MaskGIT
 from tiny_model import write_tiny_model
 
 torch.set_num_threads(1)
 SIZE = 16
-
-
-def _inception_available() -> bool:
-    try:
-        find_inception_weights(None)
-        return True
-    except InceptionWeightsError:
-        return False
-
-
-needs_inception = pytest.mark.skipif(
-    not _inception_available(), reason="Inception weights not found: run scripts/get_inception.sh"
-)
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,17 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, e.g. {example} (repeatable)",
+    )
+
+
 def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
     from maskgit.run_folder import RESUME_SAFE_KEYS
 
@@ -94,14 +105,7 @@ def _add_training(p: argparse.ArgumentParser, stage: str) -> None:
         "file (default emoji-demo)",
     )
     p.add_argument("--out", required=True, help="run folder for checkpoints, logs and samples")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config value, e.g. {stage}_training.lr=1e-4 (repeatable)",
-    )
+    _add_overrides(p, f"{stage}_training.lr=1e-4")
     start = p.add_mutually_exclusive_group()
     start.add_argument(
         "--resume",
@@ -734,14 +738,7 @@ def args_sweep(p: argparse.ArgumentParser) -> None:
 
 def args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="lab-64", help="preset name or YAML file (default lab-64)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. transformer.depth=8 (repeatable)",
-    )
+    _add_overrides(p, "transformer.depth=8")
     p.add_argument("--verbose", action="store_true", help="also print the full config")
 
 
