@@ -173,6 +173,23 @@ def test_job_json_holds_no_pictures_and_each_is_served_once(base):
     assert status == 404 and "error" in json.loads(body)
 
 
+def test_the_uploads_colour_profile_is_kept_on_the_result(base):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buffer = io.BytesIO()
+    Image.fromarray(noise(32)).save(buffer, format="PNG", icc_profile=icc)
+    status, answer = submit_inpaint(base, buffer.getvalue(), png(square_mask(32, 12)))
+    assert status == 200, answer
+    job = wait_job(base, answer["job_id"])
+    assert job["status"] == "done", job
+    for url in (job["result"]["images"][0]["image"], job["result"]["input"]):
+        with Image.open(io.BytesIO(fetch(base, url)[2])) as picture:
+            assert picture.info.get("icc_profile") == icc, url
+    masks = Image.open(io.BytesIO(fetch(base, job["result"]["mask"])[2]))
+    assert "icc_profile" not in masks.info  # a mask is no picture in that colour space
+
+
 def test_finished_jobs_are_bounded_in_bytes(model_dir, monkeypatch):
     """Four jobs of ~2 x 190 kB of noise with a 1 MB budget: the oldest are dropped."""
     monkeypatch.setattr(app_module, "RESULT_BYTES", 1_000_000)

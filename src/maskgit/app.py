@@ -69,7 +69,7 @@ from maskgit.pipeline import (
     outpaint_layout,
     parse_pad,
 )
-from maskgit.reader import fit_mask, image_tensor, mask_tensor, upright
+from maskgit.reader import colour_profile, fit_mask, image_tensor, mask_tensor, upright
 
 WEB_DIR = Path(__file__).parent / "web"
 SAMPLES_DIR = Path(__file__).parent / "samples" / "images"
@@ -161,16 +161,18 @@ class Pictures:
     """A job's result pictures, each encoded once as PNG bytes and served at its own URL
     (`/api/jobs/<id>/files/<name>.png`): polling the job sends URLs, never the pictures."""
 
-    def __init__(self, job_id: str):
+    def __init__(self, job_id: str, icc_profile: bytes | None = None):
         self.prefix = f"/api/jobs/{job_id}/files/"
         self.files: dict[str, bytes] = {}
+        self.icc_profile = icc_profile  # the upload's RGB colour profile, kept on its pictures
 
     def add(self, name: str, image: Image.Image) -> str:
-        """Encode `image` as `<name>.png` (a checkpoint first: a large one takes seconds);
-        returns its URL."""
+        """Encode `image` as `<name>.png` (a checkpoint first: a large one takes seconds),
+        tagged with the upload's colour profile when it is an RGB picture; returns its URL."""
         checkpoint()
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        tagged = self.icc_profile is not None and image.mode == "RGB"
+        image.save(buffer, format="PNG", **({"icc_profile": self.icc_profile} if tagged else {}))
         self.files[f"{name}.png"] = buffer.getvalue()
         return f"{self.prefix}{name}.png"
 
@@ -572,7 +574,7 @@ def run_job(model: Any, job: Job) -> dict[str, Any]:
         out = model.inpaint(image, mask, job.options, return_steps=True, on_step=job.on_step)
     job.done_steps = job.total_steps
     checkpoint("encoding the result pictures (PNG)")
-    pictures = Pictures(job.id)
+    pictures = Pictures(job.id, job.inputs.get("icc_profile"))
     result = render_result(model, out, pictures)
     if job.kind != "generate":
         picture = Image.fromarray(job.inputs["image"].permute(1, 2, 0).numpy())
@@ -676,14 +678,15 @@ def _converted(what: str, convert: Callable[[], torch.Tensor]) -> torch.Tensor:
         raise ApiError(400, f"{what}: {_scrub(str(exc)) or type(exc).__name__}") from None
 
 
-def _full_image(upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
-    """An uploaded image at its own size (uint8 (3, H, W)) and notices: inpainting and
-    outpainting keep it at that size (the model fills a window around the hole,
-    `MaskGIT.inpaint`)."""
+def _full_image(upload: UploadFile) -> tuple[torch.Tensor, list[str], bytes | None]:
+    """An uploaded image at its own size (uint8 (3, H, W)), notices and its RGB colour
+    profile (kept on the results): inpainting and outpainting keep it at that size (the
+    model fills a window around the hole, `MaskGIT.inpaint`)."""
     data = _read_file(upload, "image")
     with decode_slot():
         picture, notices = read_upload(data, "image")
-        return _converted("image", lambda: image_tensor(picture, None)), notices
+        pixels = _converted("image", lambda: image_tensor(picture, None))
+        return pixels, notices, colour_profile(picture)
 
 
 def _full_mask(upload: UploadFile) -> tuple[torch.Tensor, list[str]]:
@@ -882,7 +885,7 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
         jobs.require_model()
         _missing(image=image, mask=mask)
         options = form_options(fields)
-        pixels, notices = _full_image(image)
+        pixels, notices, profile = _full_image(image)
         repaint, mask_notices = _full_mask(mask)  # white = repaint, transparent = keep
         height, width = pixels.shape[1:]
         if tuple(repaint.shape) != (height, width):  # a pixel is repainted if any part is
@@ -893,7 +896,7 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
             repaint = fit_mask(repaint, (height, width))
         if not repaint.any():
             raise ApiError(400, EMPTY_MASK_MESSAGE)
-        inputs = {"image": pixels, "mask": repaint}
+        inputs = {"image": pixels, "mask": repaint, "icc_profile": profile}
         return queued(jobs.submit("inpaint", options, inputs, notices + mask_notices))
 
     @app.post("/api/outpaint")
@@ -910,13 +913,13 @@ def add_job_routes(app: FastAPI, jobs: JobQueue) -> None:
             parse_pad(margin)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        pixels, notices = _full_image(image)
+        pixels, notices, profile = _full_image(image)
         try:
             placement = outpaint_layout(pixels.shape[2], pixels.shape[1], margin)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         canvas, mask = outpaint_canvas(pixels, placement)
-        inputs = {"image": canvas, "mask": mask}
+        inputs = {"image": canvas, "mask": mask, "icc_profile": profile}
         job = jobs.submit("outpaint", options, inputs, notices, extra={"pad": margin})
         return queued(job)
 
