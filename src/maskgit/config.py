@@ -416,7 +416,7 @@ def _cpu64() -> Preset:
         mlp_dim=1024,
         attn_dropout=0.0,
     )
-    preset.transformer_training.epochs = 30
+    preset.transformer_training.epochs = 60
     return preset
 
 
