@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,9 @@ def train_argv(tokens: Path, run: Path, resume: bool = False, every_step: bool =
     return argv + (["--resume"] if resume else [])
 
 
-def fork_cli(argv: list[str], log: Path) -> int:
-    """Run `maskgit ARGV` in a forked child (output appended to `log`); returns its pid."""
+def fork_cli(argv: list[str], log: Path, child_setup: Callable[[], None] | None = None) -> int:
+    """Run `maskgit ARGV` in a forked child (output appended to `log`; `child_setup` runs in
+    the child first); returns its pid."""
     pid = os.fork()
     if pid == 0:  # the child: exits with main()'s code, never returns into pytest
         code = 1
@@ -77,6 +79,8 @@ def fork_cli(argv: list[str], log: Path) -> int:
             os.dup2(fd, 2)
             sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if child_setup is not None:
+                child_setup()
             code = main(argv)
         finally:
             try:

@@ -42,6 +42,7 @@ from test_interrupt import (
     EPOCHS,
     Deadline,
     check_loadable,
+    fork_cli,
     make_tokens,
     random_point,
     train_argv,
@@ -324,23 +325,12 @@ def _fill(folder: Path, leave: int) -> None:
 def _with_file_size_limit(limit: int, argv: list[str], log: Path) -> int:
     """Run `maskgit ARGV` in a forked child whose files may not grow over `limit` bytes
     (RLIMIT_FSIZE: a write past it fails with EFBIG, as a full disk fails with ENOSPC)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a signal
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-            code = main(argv)
-        finally:
-            try:
-                sys.stdout.flush()
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error, not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    _, status = os.waitpid(fork_cli(argv, log, limit_file_size), 0)
     return os.waitstatus_to_exitcode(status)
 
 
