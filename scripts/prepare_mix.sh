@@ -15,10 +15,10 @@ unpack() {  # unpack PACKAGE@VERSION FOLDER
   mkdir -p "$2" && tar xzf "$tgz" -C "$2" --strip-components 1 && rm "$tgz"
 }
 unpack emoji-datasource-google@16.0.0 google
-unpack @iconify-json/fluent-emoji-flat fluent
-unpack @iconify-json/noto-v1 noto-v1
-unpack @iconify-json/fxemoji fxemoji
-unpack @iconify-json/streamline-emojis streamline
+unpack @iconify-json/fluent-emoji-flat@1.2.6 fluent
+unpack @iconify-json/noto-v1@1.2.5 noto-v1
+unpack @iconify-json/fxemoji@1.2.2 fxemoji
+unpack @iconify-json/streamline-emojis@1.2.4 streamline
 cd - > /dev/null
 $MASKGIT prepare-data emoji --out "$OUT" --source data/npm/google data/npm/fluent \
   data/npm/noto-v1 data/npm/fxemoji data/npm/streamline
